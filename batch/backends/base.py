@@ -1,0 +1,60 @@
+"""What a backend takes and gives. Limiting, retrying and metering wrap this seam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JsonSchema = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    format: JsonSchema | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage summed over the responses a row received (failed attempts included)."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+
+    def as_record(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One model response. `durations_ns` uses Ollama's names, integer nanoseconds."""
+
+    content: str
+    done_reason: str | None
+    usage: Usage
+    durations_ns: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A model server. Raises `Transient`, `Rejected` or `FatalRunError`, nothing else."""
+
+    @property
+    def name(self) -> str:
+        """How the user knows this backend: a host URL without credentials."""
+        ...
+
+    async def chat(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,152 @@
+"""`python -m batch run FILE`: flags -> config -> run -> exit code. `main(argv)` is what tests call.
+
+Exit codes: 0 every row ok; 1 some row failed; 2 usage, configuration or fatal error;
+130 after SIGINT; 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_FATAL = 0, 1, 2
+EXIT_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+log = logging.getLogger("batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batch",
+        description="Label JSONL rows with models served by Ollama.",
+        epilog="Settings also come from BATCH_* variables, OLLAMA_HOST, and a TOML job file "
+        "beside the input (IN.toml or batch.toml); flags win over the environment, the "
+        "environment over the file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="label every row of a JSONL file",
+        description=(
+            "Label every row of a JSONL file. Rerunning the same command resumes: rows already ok "
+            "in the output are skipped, failed rows are tried again."
+        ),
+    )
+    # default=SUPPRESS: only flags the user typed reach the config, so env and file can fill in.
+    add = partial(_add, run)
+    run.add_argument("input", type=Path, help="the JSONL file of rows")
+    add("-o", "--output", type=Path, help="output JSONL (default: INPUT with .out.jsonl)")
+    add("--summary", type=Path, help="summary JSON (default: OUTPUT with .summary.json)")
+    add("-m", "--model", help="Ollama model; a row's own 'model' wins")
+    add(
+        "--host",
+        dest="hosts",
+        action="append",
+        metavar="URL",
+        help="Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
+    )
+    add("-c", "--concurrency", type=int, help="requests in flight per host (default 4)")
+    add("--timeout", type=float, metavar="SECONDS", help="limit for each request (default 300)")
+    add(
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Ollama option, repeatable, e.g. num_ctx=8192 (default temperature=0)",
+    )
+    add(
+        "--schema",
+        dest="schema_ref",
+        metavar="module:Class|file.json",
+        help="validate each result against a pydantic model or a JSON Schema",
+    )
+    add("--template", metavar="TEXT", help="build the prompt from row fields: 'Review: {text}'")
+    add("--system", metavar="TEXT", help="system prompt for every row")
+    add("--max-attempts", type=int, help="tries per row, any cause (default 5)")
+    add("--backoff", type=float, metavar="SECONDS", help="first retry wait (default 0.5)")
+    add("--backoff-max", type=float, metavar="SECONDS", help="longest retry wait (default 10)")
+    add(
+        "--grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="time in-flight rows get after SIGINT/SIGTERM (default 5)",
+    )
+    add(
+        "--log-every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10)",
+    )
+    add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
+    add("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument(
+        "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _add(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
+    parser.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = args.__dict__.pop("verbose")
+    job_file = args.__dict__.pop("job_file")
+    args.__dict__.pop("command")
+    _configure_logging(verbose, quiet=bool(getattr(args, "quiet", False)))
+
+    # Imported here so that `--help` stays fast.
+    import anyio
+
+    from batch.config import load_config, parse_option
+    from batch.errors import BatchError
+    from batch.pipeline import run_job
+    from batch.summary import human_summary
+
+    flags = dict(vars(args))
+    try:
+        if "options" in flags:
+            flags["options"] = dict(parse_option(o) for o in flags["options"])
+        config = load_config(flags, job_file=job_file)
+        summary = anyio.run(partial(run_job, config, handle_signals=True, show=not config.quiet))
+    except KeyboardInterrupt:  # before the run installed its own signal handling
+        log.error("interrupted")
+        return EXIT_BY_SIGNAL["SIGINT"]
+    except (BatchError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    except BaseExceptionGroup as group:  # raised from inside the run's task groups
+        expected, unexpected = group.split((BatchError, OSError))
+        if unexpected is not None or expected is None:
+            raise
+        for leaf in _leaves(expected):
+            log.error("%s", leaf)
+        return EXIT_FATAL
+    sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
+    if summary.stopped_by:
+        return EXIT_BY_SIGNAL.get(summary.stopped_by, EXIT_FATAL)
+    return EXIT_ROWS_FAILED if summary.rows["error"] else EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _configure_logging(verbose: bool, *, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("batch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

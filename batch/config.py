@@ -1,0 +1,204 @@
+"""Run settings, layered: flags over environment (`OLLAMA_HOST`, `BATCH_*`) over a TOML job
+file kept beside the data, over defaults. Validated once, here, into a frozen `JobConfig`."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batch.errors import ConfigError
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+# Labelling wants the same answer on every run: greedy decoding unless the user says otherwise.
+DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0}
+
+
+class JobConfig(BaseModel):
+    """Everything a run needs. Paths are as given (relative to the working directory)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: Path
+    output: Path | None = None
+    summary: Path | None = None
+    model: str | None = None
+    hosts: tuple[str, ...] = (DEFAULT_HOST,)
+    concurrency: int = Field(4, ge=1, le=1024)
+    timeout: float = Field(300.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OPTIONS))
+    schema_ref: str | None = None
+    template: str | None = None
+    system: str | None = None
+    max_attempts: int = Field(5, ge=1)
+    backoff: float = Field(0.5, ge=0, description="first retry wait, seconds; doubles per retry")
+    backoff_max: float = Field(10.0, ge=0)
+    grace_period: float = Field(5.0, ge=0, description="seconds in-flight rows get after a signal")
+    overwrite: bool = False
+    quiet: bool = False
+    log_every: float = Field(10.0, gt=0, description="seconds between progress lines in logs")
+
+    @field_validator("hosts")
+    @classmethod
+    def _some_host(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        if not hosts or not all(h.strip() for h in hosts):
+            raise ValueError("give at least one non-empty host URL")
+        return hosts
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, template: str | None) -> str | None:
+        if template is not None:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as exc:
+                hint = "write literal braces as {{ and }}"
+                raise ValueError(f"cannot parse template: {exc} ({hint})") from None
+            if any(f == "" or f.isdigit() for f in fields):
+                raise ValueError("template fields must be named, as in {text}")
+        return template
+
+    @property
+    def output_path(self) -> Path:
+        return self.output or _swap_suffix(self.input, ".out.jsonl")
+
+    @property
+    def summary_path(self) -> Path:
+        return self.summary or _swap_suffix(self.output_path, ".summary.json")
+
+
+def _swap_suffix(path: Path, suffix: str) -> Path:
+    name = path.name.removesuffix(".jsonl") if path.name.endswith(".jsonl") else path.stem
+    return path.with_name(name + suffix)
+
+
+# Settings the environment and job file may carry, with the flag each is known by.
+FLAG_NAMES = {
+    "output": "--output",
+    "summary": "--summary",
+    "model": "--model",
+    "hosts": "--host",
+    "concurrency": "--concurrency",
+    "timeout": "--timeout",
+    "options": "--option",
+    "schema_ref": "--schema",
+    "template": "--template",
+    "system": "--system",
+    "max_attempts": "--max-attempts",
+    "backoff": "--backoff",
+    "backoff_max": "--backoff-max",
+    "grace_period": "--grace-period",
+    "overwrite": "--overwrite",
+    "quiet": "--quiet",
+    "log_every": "--log-every",
+}
+FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
+PATH_KEYS = ("output", "summary")
+
+
+def load_config(
+    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, job_file: Path | None = None
+) -> JobConfig:
+    """Build the config from flags (only those given), the environment and the job file."""
+    environ = os.environ if environ is None else environ
+    if "input" not in flags:
+        raise ConfigError("no input file given")
+    input_path = Path(flags["input"])
+    file_values, file_name = _read_job_file(job_file or _find_job_file(input_path, environ))
+    env_values = _read_environ(environ)
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for values, source in ((file_values, file_name), (env_values, "environment"), (flags, "")):
+        for key, value in values.items():
+            if key == "options":
+                value = {**merged.get("options", DEFAULT_OPTIONS), **value}
+            merged[key] = value
+            origin[key] = source or FLAG_NAMES.get(key, key)
+    try:
+        return JobConfig(**merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else "?"
+            where = origin.get(key, key)
+            problems.append(f"{FLAG_NAMES.get(key, key)} (from {where}): {error['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+def _find_job_file(input_path: Path, environ: Mapping[str, str]) -> Path | None:
+    if named := environ.get("BATCH_JOB_FILE"):
+        return Path(named)
+    for candidate in (input_path.with_suffix(".toml"), input_path.parent / "batch.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
+    if path is None:
+        return {}, ""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"job file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = FILE_KEYS.get(key, key.replace("-", "_"))
+        if field not in FLAG_NAMES:
+            known = ", ".join(sorted({FILE_KEYS.get(k, k) for k in FLAG_NAMES} | set(FILE_KEYS)))
+            raise ConfigError(f"job file {path}: unknown setting {key!r} (known: {known})")
+        if field == "hosts" and isinstance(value, str):
+            value = [value]
+        # Paths in a job file are relative to the file, so the job runs from any directory.
+        if field in PATH_KEYS and isinstance(value, str):
+            value = str(path.parent / value)
+        if field == "schema_ref" and isinstance(value, str) and value.endswith(".json"):
+            value = str(path.parent / value)
+        values[field] = value
+    return values, str(path)
+
+
+def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if host := environ.get("OLLAMA_HOST", "").strip():
+        values["hosts"] = [host]
+    for field in FLAG_NAMES:
+        name = "BATCH_" + ("HOST" if field == "hosts" else field.upper())
+        if field == "schema_ref":
+            name = "BATCH_SCHEMA"
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        if field == "hosts":
+            values[field] = [h.strip() for h in raw.split(",") if h.strip()]
+        elif field == "options":
+            try:
+                parsed = json.loads(raw)
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"{name} must be a JSON object, as in {name}='{{\"seed\": 1}}'")
+            values[field] = parsed
+        else:
+            values[field] = raw
+    return values
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from --option; the value is read as JSON when it parses, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--option {text!r}: write it as KEY=VALUE, e.g. --option num_ctx=8192")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

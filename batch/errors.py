@@ -1,0 +1,77 @@
+"""Every error the worker raises, by who must act on it.
+
+BatchError
+├── ConfigError ........ bad flags, job file, schema or paths: the user fixes the command (exit 2)
+├── FatalRunError ...... the run cannot go on: unknown model, unreachable host (exit 2)
+└── RowFailure ......... one row failed; becomes an error line in the output, never a crash
+    ├── BadInput ....... the input line itself is unusable (not sent)
+    ├── Retryable ...... worth another attempt
+    │   ├── Transient .. the transport or server hiccuped: back off, then resend
+    │   └── InvalidOutput  the model answered, but not usably: re-ask at once with the reason
+    └── Rejected ....... the server refused this request for good (e.g. HTTP 400)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatchError(Exception):
+    """Base of everything raised on purpose by this package."""
+
+
+class ConfigError(BatchError):
+    """The run is misconfigured; the message says which setting and how to fix it."""
+
+
+class FatalRunError(BatchError):
+    """A failure that every further row would hit too, so the run stops."""
+
+
+class RowFailure(BatchError):
+    """One row failed. `kind` becomes the output row's `error.type`."""
+
+    kind = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_record(self) -> dict[str, Any]:
+        return {"type": self.kind, "message": self.message, **self.details}
+
+
+class BadInput(RowFailure):
+    kind = "bad_input"
+
+
+class Retryable(RowFailure):
+    """`cause` keys the summary's retry counters (e.g. `http_503`, `connect`, `validation`)."""
+
+    cause = "retry"
+
+
+class Transient(Retryable):
+    def __init__(self, cause: str, message: str, *, kind: str = "transport", **details: Any):
+        super().__init__(message, **details)
+        self.cause = cause
+        self.kind = kind
+
+
+class InvalidOutput(Retryable):
+    """The reply was prose, fenced, schema-violating or cut short.
+
+    `feedback` is what the model is told on the re-ask; `raw` is its reply.
+    """
+
+    def __init__(self, kind: str, message: str, *, raw: str, feedback: str) -> None:
+        super().__init__(message, raw=raw)
+        self.kind = kind
+        self.cause = kind
+        self.raw = raw
+        self.feedback = feedback
+
+
+class Rejected(RowFailure):
+    kind = "http"

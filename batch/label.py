@@ -1,0 +1,159 @@
+"""One row, start to finish: send, validate, re-ask or retry, and account for every attempt."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from batch.backends.base import ChatRequest, Completion, Usage
+from batch.errors import FatalRunError, InvalidOutput, Retryable, RowFailure, Transient
+from batch.pool import HostPool
+from batch.rows import Row
+from batch.schema import OutputSchema
+
+
+@dataclass(slots=True)
+class RowResult:
+    row: Row
+    output: Any = None
+    failure: RowFailure | None = None
+    attempts: int = 0
+    usage: Usage = field(default_factory=Usage)
+    retries: list[str] = field(default_factory=list)  # the cause of each retry
+    host: str | None = None
+    done_reason: str | None = None
+    durations_ns: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def as_record(self, fingerprint: str) -> dict[str, Any]:
+        request = self.row.request
+        record: dict[str, Any] = {"id": self.row.id, "line": self.row.line}
+        if self.failure is None:
+            record["status"] = "ok"
+            record["output"] = self.output
+        else:
+            record["status"] = "error"
+            record["error"] = self.failure.as_record()
+        record["attempts"] = self.attempts
+        record["usage"] = self.usage.as_record()
+        if request is not None:
+            record["model"] = request.model
+        if self.host is not None:
+            record["host"] = self.host
+        if self.done_reason is not None:
+            record["done_reason"] = self.done_reason
+        if self.durations_ns:
+            record["durations_ns"] = self.durations_ns
+        record["elapsed_s"] = round(self.elapsed_s, 3)
+        record["config"] = fingerprint
+        return record
+
+
+class RetryPolicy:
+    """Attempts per row, any cause; exponential backoff with jitter for transport failures."""
+
+    def __init__(self, max_attempts: int = 5, backoff: float = 0.5, backoff_max: float = 10.0):
+        self.max_attempts = max_attempts
+        self._backoff = wait_exponential_jitter(multiplier=backoff, max=backoff_max, jitter=backoff)
+
+    def wait(self, state: RetryCallState) -> float:
+        # A re-ask goes out at once: the model answered, only its answer was unusable.
+        if state.outcome is not None and isinstance(state.outcome.exception(), InvalidOutput):
+            return 0.0
+        return self._backoff(state)
+
+
+class Labeller:
+    """Labels rows through the pool under one retry policy and one (optional) schema."""
+
+    def __init__(self, pool: HostPool, policy: RetryPolicy, schema: OutputSchema | None) -> None:
+        self._pool = pool
+        self._policy = policy
+        self._schema = schema
+
+    async def label(self, row: Row) -> RowResult:
+        result = RowResult(row)
+        if row.failure is not None or row.request is None:
+            result.failure = row.failure
+            return result
+        started = time.monotonic()
+        base = row.request
+        request = base
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._policy.max_attempts),
+            wait=self._policy.wait,
+            retry=retry_if_exception_type(Retryable),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if result.attempts:
+                        result.retries.append(result.failure.cause)  # type: ignore[union-attr]
+                    result.attempts += 1
+                    try:
+                        result.output = await self._attempt(request, result)
+                        result.failure = None
+                    except InvalidOutput as bad:
+                        # Re-ask with the reason; only the latest bad reply, to spare the context.
+                        feedback = [
+                            {"role": "assistant", "content": bad.raw},
+                            {"role": "user", "content": bad.feedback},
+                        ]
+                        request = replace(base, messages=[*base.messages, *feedback])
+                        result.failure = bad
+                        raise
+                    except Retryable as failure:
+                        result.failure = failure
+                        raise
+        except Transient as failure:
+            result.failure = failure
+            if failure.cause == "connect":
+                raise FatalRunError(
+                    f"{failure.message} after {result.attempts} attempts: is Ollama running "
+                    "there? Start it (`ollama serve`) or point --host / OLLAMA_HOST at it"
+                ) from None
+        except RowFailure as failure:
+            result.failure = failure
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    async def _attempt(self, request: ChatRequest, result: RowResult) -> Any:
+        completion, host = await self._pool.chat(request)
+        result.host = host
+        result.usage.add(completion.usage)
+        result.done_reason = completion.done_reason
+        result.durations_ns = _summed(result.durations_ns, completion)
+        if self._schema is None:
+            return completion.content
+        if completion.done_reason == "length":
+            raise InvalidOutput(
+                "truncated",
+                "the reply was cut off at the length limit (done_reason 'length'), "
+                "so its JSON is incomplete: raise num_predict or num_ctx",
+                raw=completion.content,
+                feedback="Your reply was cut off. Reply again with a shorter JSON object.",
+            )
+        return self._schema.validate(completion.content)
+
+
+def _summed(total: dict[str, int], completion: Completion) -> dict[str, int]:
+    merged = dict(total)
+    for key, value in completion.durations_ns.items():
+        merged[key] = merged.get(key, 0) + value
+    return merged

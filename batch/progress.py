@@ -1,0 +1,83 @@
+"""Progress: a rich bar on a terminal, a periodic log line elsewhere (CI), nothing with --quiet.
+
+Runs as its own task reading the counters, so the hot path never touches the display.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from batch.reader import count_lines
+from batch.summary import RunStats
+
+log = logging.getLogger(__name__)
+
+
+async def show_progress(stats: RunStats, input_path: Path, *, log_every: float) -> None:
+    total: int | None = None
+
+    async def count() -> None:
+        nonlocal total
+        total = await anyio.to_thread.run_sync(count_lines, input_path, abandon_on_cancel=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count)
+        if sys.stderr.isatty():
+            await _bar(stats, lambda: total)
+        else:
+            await _log_lines(stats, lambda: total, log_every)
+
+
+async def _bar(stats: RunStats, total: Callable[[], int | None]) -> None:
+    columns = (
+        TextColumn("[bold]labelling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task("rows", total=None, detail="")
+        try:
+            while True:
+                progress.update(
+                    task,
+                    completed=stats.done,
+                    total=total(),
+                    detail=f"ok {stats.ok} failed {stats.error} skipped {stats.skipped}",
+                )
+                await anyio.sleep(0.2)
+        finally:
+            progress.update(task, completed=stats.done)
+
+
+async def _log_lines(stats: RunStats, total: Callable[[], int | None], every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        elapsed = stats.elapsed_s
+        rate = (stats.ok + stats.error) / elapsed if elapsed else 0.0
+        log.info(
+            "progress: %d/%s rows (ok %d, failed %d, skipped %d), %.1f rows/s, %d retries",
+            stats.done,
+            total() or "?",
+            stats.ok,
+            stats.error,
+            stats.skipped,
+            rate,
+            sum(stats.retries.values()),
+        )

@@ -1,0 +1,124 @@
+"""Input lines -> rows ready to send, or the reason a line cannot be sent.
+
+A bad line never stops the run: it becomes a `Row` carrying a `BadInput` failure, and is written
+to the output as an error row like any other failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from batch.backends.base import ChatRequest
+from batch.errors import BadInput, ConfigError
+
+RowId = str | int
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(slots=True)
+class Row:
+    line: int
+    id: RowId
+    request: ChatRequest | None = None
+    failure: BadInput | None = None
+    has_id: bool = True  # False when the line could not be read far enough to know its id
+
+
+def id_key(row_id: RowId) -> str:
+    """One spelling per id, so that 7 and "7" stay different rows."""
+    return f"i{row_id}" if isinstance(row_id, int) else f"s{row_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RowBuilder:
+    """Turns one line into a `Row` under the run's model, template, system prompt and options."""
+
+    model: str | None
+    options: dict[str, Any]
+    template: str | None = None
+    system: str | None = None
+    format: dict[str, Any] | None = None
+
+    def build(self, line: int, raw: bytes) -> Row:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _bad(line, f"line {line} is not valid UTF-8 (byte {exc.start}): re-encode it")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return _bad(line, f"line {line} is not valid JSON: {exc.msg} (column {exc.colno})")
+        if not isinstance(data, dict):
+            kind = type(data).__name__.replace("dict", "object").replace("list", "array")
+            return _bad(line, f"line {line} is a JSON {kind}, not an object")
+        row_id = data.get("id", data.get("custom_id", line))
+        if isinstance(row_id, bool) or not isinstance(row_id, str | int):
+            return _bad(line, f"line {line}: id must be a string or an integer, not {row_id!r}")
+        try:
+            return Row(line, row_id, request=self._request(line, data))
+        except BadInput as failure:
+            return Row(line, row_id, failure=failure)
+
+    def _request(self, line: int, data: dict[str, Any]) -> ChatRequest:
+        model = data.get("model", self.model)
+        if not isinstance(model, str) or not model:
+            if "model" in data:
+                raise BadInput(f"line {line}: model must be a non-empty string")
+            raise ConfigError(f"line {line} names no model and none was given: pass --model NAME")
+        options = data.get("options")
+        if options is not None and not isinstance(options, dict):
+            raise BadInput(f"line {line}: options must be an object of Ollama options")
+        system = data.get("system", self.system)
+        if system is not None and not isinstance(system, str):
+            raise BadInput(f"line {line}: system must be a string")
+        messages = self._messages(line, data, system)
+        merged = {**self.options, **options} if options else self.options
+        return ChatRequest(model=model, messages=messages, format=self.format, options=merged)
+
+    def _messages(
+        self, line: int, data: dict[str, Any], system: str | None
+    ) -> list[dict[str, Any]]:
+        if "messages" in data:
+            messages = data["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise BadInput(f"line {line}: messages must be a non-empty array")
+            for i, message in enumerate(messages):
+                if not (
+                    isinstance(message, dict)
+                    and message.get("role") in ROLES
+                    and isinstance(message.get("content", ""), str)
+                ):
+                    raise BadInput(
+                        f"line {line}: messages[{i}] needs a role (system, user, assistant or "
+                        "tool) and a string content"
+                    )
+            if system is not None and messages[0].get("role") != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            return messages
+        prompt = self._prompt(line, data)
+        head = [{"role": "system", "content": system}] if system is not None else []
+        return [*head, {"role": "user", "content": prompt}]
+
+    def _prompt(self, line: int, data: dict[str, Any]) -> str:
+        if self.template is not None:
+            try:
+                return self.template.format_map(data)
+            except KeyError as exc:
+                raise BadInput(
+                    f"line {line}: the template uses field {exc.args[0]!r}, which this row lacks"
+                ) from None
+            except (IndexError, AttributeError, ValueError, TypeError) as exc:
+                raise BadInput(f"line {line}: cannot fill the template: {exc}") from None
+        prompt = data.get("prompt")
+        if prompt is None:
+            raise BadInput(f"line {line}: the row has neither 'prompt' nor 'messages'")
+        if not isinstance(prompt, str):
+            raise BadInput(f"line {line}: prompt must be a string")
+        return prompt
+
+
+def _bad(line: int, message: str) -> Row:
+    """A line unusable before its id is known: the line number stands in for the id."""
+    return Row(line, line, failure=BadInput(message), has_id=False)

@@ -1,0 +1,144 @@
+"""Run counters, the summary file, and the few lines a person reads at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from batch.backends.base import Usage
+from batch.label import RowResult
+
+
+@dataclass
+class RunStats:
+    """Counts what has been written, so the numbers always match the output file."""
+
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    attempts: int = 0
+    usage: Usage = field(default_factory=Usage)
+    retries: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.error + self.skipped
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def count(self, result: RowResult) -> None:
+        if result.failure is None:
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors[result.failure.kind] += 1
+        self.attempts += result.attempts
+        self.usage.add(result.usage)
+        self.retries.update(result.retries)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished (or stopped) run reports; also written as the summary JSON file."""
+
+    record: dict[str, Any]
+
+    @property
+    def rows(self) -> dict[str, int]:
+        rows: dict[str, int] = self.record["rows"]
+        return rows
+
+    @property
+    def fatal(self) -> str | None:
+        fatal: str | None = self.record.get("fatal")
+        return fatal
+
+    @property
+    def stopped_by(self) -> str | None:
+        signal: str | None = self.record.get("stopped_by")
+        return signal
+
+
+def build_summary(
+    stats: RunStats,
+    *,
+    input_path: Path,
+    output_path: Path,
+    fingerprint: str,
+    hosts: list[str],
+    model: str | None,
+    fatal: str | None,
+    stopped_by: str | None,
+) -> RunSummary:
+    elapsed = stats.elapsed_s
+    processed = stats.ok + stats.error
+    record: dict[str, Any] = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "config": fingerprint,
+        "model": model,
+        "hosts": hosts,
+        "rows": {
+            "total": stats.done,
+            "ok": stats.ok,
+            "error": stats.error,
+            "skipped": stats.skipped,
+        },
+        "errors_by_type": dict(stats.errors),
+        "attempts": stats.attempts,
+        "retries": {"total": sum(stats.retries.values()), "by_cause": dict(stats.retries)},
+        "usage": stats.usage.as_record(),
+        "started_at": stats.started_at,
+        "elapsed_s": round(elapsed, 3),
+        "throughput": {
+            "rows_per_s": round(processed / elapsed, 2) if elapsed else 0.0,
+            "output_tokens_per_s": round(stats.usage.output_tokens / elapsed, 2)
+            if elapsed
+            else 0.0,
+        },
+        "complete": fatal is None and stopped_by is None,
+    }
+    if fatal is not None:
+        record["fatal"] = fatal
+    if stopped_by is not None:
+        record["stopped_by"] = stopped_by
+    return RunSummary(record)
+
+
+def write_summary(path: Path, summary: RunSummary) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(summary.record, indent=2) + "\n", encoding="utf-8")
+    os.replace(scratch, path)
+
+
+def human_summary(summary: RunSummary, summary_path: Path) -> str:
+    r = summary.record
+    rows, usage = r["rows"], r["usage"]
+    lines = [
+        f"{rows['ok']} ok, {rows['error']} failed, {rows['skipped']} already done "
+        f"of {rows['total']} rows in {r['elapsed_s']:.1f}s "
+        f"({r['throughput']['rows_per_s']:.1f} rows/s)",
+        f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out "
+        f"over {usage['requests']} responses; {r['retries']['total']} retries",
+    ]
+    if r["errors_by_type"]:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(r["errors_by_type"].items()))
+        lines.append(f'failures: {kinds}; see rows with "status": "error" in {r["output"]}')
+    if summary.stopped_by:
+        lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
+    if summary.fatal:
+        lines.append(f"stopped early: {summary.fatal}")
+    lines.append(f"output: {r['output']}; summary: {summary_path}")
+    return "\n".join(lines)
