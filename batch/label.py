@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,6 +22,8 @@ from batch.errors import FatalRunError, InvalidOutput, Retryable, RowFailure, Tr
 from batch.pool import HostPool
 from batch.rows import Row
 from batch.schema import OutputSchema
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -91,20 +95,20 @@ class Labeller:
             result.failure = row.failure
             return result
         started = time.monotonic()
-        base = row.request
-        request = base
+        base = request = row.request
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_attempts),
             wait=self._policy.wait,
             retry=retry_if_exception_type(Retryable),
+            before_sleep=partial(_log_retry, row),
             sleep=anyio.sleep,
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    if result.attempts:
-                        result.retries.append(result.failure.cause)  # type: ignore[union-attr]
+                    if isinstance(result.failure, Retryable):
+                        result.retries.append(result.failure.cause)
                     result.attempts += 1
                     try:
                         result.output = await self._attempt(request, result)
@@ -150,6 +154,18 @@ class Labeller:
                 feedback="Your reply was cut off. Reply again with a shorter JSON object.",
             )
         return self._schema.validate(completion.content)
+
+
+def _log_retry(row: Row, state: RetryCallState) -> None:
+    failure = state.outcome.exception() if state.outcome else None
+    log.debug(
+        "line %d (id %r): attempt %d failed (%s), next in %.2fs",
+        row.line,
+        row.id,
+        state.attempt_number,
+        failure,
+        state.upcoming_sleep,
+    )
 
 
 def _summed(total: dict[str, int], completion: Completion) -> dict[str, int]:

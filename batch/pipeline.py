@@ -12,8 +12,8 @@ import hashlib
 import json
 import logging
 import signal
-from contextlib import aclosing
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -5,7 +5,7 @@ Reading line by line through a thread would cost a thread hop a line; a chunk co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import aiofiles
@@ -15,7 +15,7 @@ CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 
 
-async def read_lines(path: Path) -> AsyncIterator[tuple[int, bytes]]:
+async def read_lines(path: Path) -> AsyncGenerator[tuple[int, bytes], None]:
     """Non-blank lines, numbered from 1 as an editor numbers them; a leading BOM is dropped."""
     number = 0
     pending = b""

@@ -6,13 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from batch.backends.base import ChatRequest, Completion, Usage
 
 Reply = Callable[[ChatRequest], Completion | Exception]
 
 
-def completion(content: str, *, done_reason: str = "stop", tokens: tuple[int, int] = (3, 2)) -> Completion:
+def completion(
+    content: str, *, done_reason: str = "stop", tokens: tuple[int, int] = (3, 2)
+) -> Completion:
     return Completion(content, done_reason, Usage(1, *tokens), {"total_duration": 1000})
 
 
@@ -34,7 +37,7 @@ class ScriptedBackend:
         try:
             if self.gate is not None:
                 await self.gate.wait()
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             answer = self.reply(request)
         finally:
             self.in_flight -= 1

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batch import FatalRunError, JobConfig, run_job
@@ -100,7 +101,9 @@ async def test_invalid_output_is_reasked_with_the_reason(
     job: Callable[..., JobConfig], bad: str, kind: str
 ) -> None:
     config = job(1)
-    backend = ScriptedBackend(scripted(completion(bad, tokens=(5, 7)), completion('{"label": "pos"}')))
+    backend = ScriptedBackend(
+        scripted(completion(bad, tokens=(5, 7)), completion('{"label": "pos"}'))
+    )
     summary = await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)
     assert row["status"] == "ok" and row["attempts"] == 2
@@ -185,7 +188,7 @@ async def test_never_more_than_concurrency_requests_in_flight(
 
     async def release_when_full() -> None:
         while backend.in_flight < 3:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         backend.gate.set()  # type: ignore[union-attr]
 
     async with anyio.create_task_group() as tg:
@@ -267,7 +270,9 @@ async def test_a_pydantic_schema_from_the_working_directory(
         input=write_rows(tmp_path / "in.jsonl", 1), model="m", schema_ref="mylabels:Sentiment"
     )
     backend = ScriptedBackend(
-        scripted(completion('{"label": "pos", "score": 3}'), completion('{"label": "pos", "score": 1}'))
+        scripted(
+            completion('{"label": "pos", "score": 3}'), completion('{"label": "pos", "score": 1}')
+        )
     )
     await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)

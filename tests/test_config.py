@@ -1,0 +1,93 @@
+"""Settings layering: flags over environment over the job file over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batch.config import DEFAULT_HOST, load_config, parse_option
+from batch.errors import ConfigError
+
+
+@pytest.fixture
+def input_file(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "x"}\n')
+    return path
+
+
+def test_defaults(input_file: Path) -> None:
+    config = load_config({"input": input_file}, environ={})
+    assert config.hosts == (DEFAULT_HOST,)
+    assert config.concurrency == 4
+    assert config.max_attempts == 5
+    assert config.options == {"temperature": 0}
+    assert config.output_path == input_file.with_name("in.out.jsonl")
+    assert config.summary_path == input_file.with_name("in.out.summary.json")
+
+
+def test_job_file_beside_the_input_is_read_with_paths_relative_to_it(input_file: Path) -> None:
+    input_file.with_suffix(".toml").write_text(
+        'model = "llama3.2"\nhost = "http://gpu:11434"\nconcurrency = 8\n'
+        'schema = "labels.json"\noutput = "results/out.jsonl"\n[options]\nnum_ctx = 8192\n'
+    )
+    config = load_config({"input": input_file}, environ={})
+    assert config.model == "llama3.2"
+    assert config.hosts == ("http://gpu:11434",)
+    assert config.concurrency == 8
+    assert config.schema_ref == str(input_file.parent / "labels.json")
+    assert config.output_path == input_file.parent / "results" / "out.jsonl"
+    assert config.options == {"temperature": 0, "num_ctx": 8192}
+
+
+def test_flags_win_over_environment_which_wins_over_the_file(input_file: Path) -> None:
+    (input_file.parent / "batch.toml").write_text(
+        'model = "from-file"\nconcurrency = 2\ntimeout = 7\n[options]\nseed = 1\ntop_k = 5\n'
+    )
+    environ = {
+        "BATCH_MODEL": "from-env",
+        "BATCH_CONCURRENCY": "3",
+        "OLLAMA_HOST": "http://env-host:11434",
+        "BATCH_OPTIONS": '{"seed": 2}',
+    }
+    flags = {"input": input_file, "model": "from-flag", "options": {"temperature": 0.5}}
+    config = load_config(flags, environ=environ)
+    assert config.model == "from-flag"
+    assert config.concurrency == 3
+    assert config.timeout == 7
+    assert config.hosts == ("http://env-host:11434",)
+    assert config.options == {"temperature": 0.5, "seed": 2, "top_k": 5}
+
+
+def test_invalid_values_name_their_source(input_file: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--concurrency \(from environment\)"):
+        load_config({"input": input_file}, environ={"BATCH_CONCURRENCY": "many"})
+    with pytest.raises(ConfigError, match=r"--max-attempts \(from --max-attempts\)"):
+        load_config({"input": input_file, "max_attempts": 0}, environ={})
+
+
+def test_unknown_job_file_keys_and_bad_toml_are_refused(input_file: Path) -> None:
+    job = input_file.with_suffix(".toml")
+    job.write_text('modle = "x"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'modle'"):
+        load_config({"input": input_file}, environ={})
+    job.write_text("model = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config({"input": input_file}, environ={})
+
+
+def test_a_template_with_unnamed_or_broken_fields_is_refused(input_file: Path) -> None:
+    with pytest.raises(ConfigError, match="must be named"):
+        load_config({"input": input_file, "template": "say {}"}, environ={})
+    with pytest.raises(ConfigError, match="cannot parse template"):
+        load_config({"input": input_file, "template": "say {text"}, environ={})
+
+
+def test_options_parse_as_json_values_else_strings() -> None:
+    assert parse_option("num_ctx=8192") == ("num_ctx", 8192)
+    assert parse_option('stop=["\\n"]') == ("stop", ["\n"])
+    assert parse_option("mirostat_tau=5.0") == ("mirostat_tau", 5.0)
+    assert parse_option("name=plain") == ("name", "plain")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_option("temperature")
