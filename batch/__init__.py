@@ -1,40 +1,43 @@
 """batch: label JSONL rows with models served by Ollama, bounded, retried, validated, resumable.
 
     from batch import JobConfig, run_job_sync
-config = JobConfig(input="rows.jsonl", model="llama3.2", schema_ref="labels:Label")
+    config = JobConfig(input="rows.jsonl", model="llama3.2", schema_ref="labels:Label")
     summary = run_job_sync(config)
+
+Names are imported on first use, so `python -m batch --help` does not pay for the whole stack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-import anyio
+if TYPE_CHECKING:
+    from batch.api import run_job_sync
+    from batch.backends.base import Backend, ChatRequest, Completion, Usage
+    from batch.config import JobConfig, load_config
+    from batch.errors import BatchError, ConfigError, FatalRunError
+    from batch.pipeline import run_job
+    from batch.summary import RunSummary
 
-from batch.backends.base import Backend, ChatRequest, Completion, Usage
-from batch.config import JobConfig, load_config
-from batch.errors import BatchError, ConfigError, FatalRunError
-from batch.pipeline import run_job
-from batch.summary import RunSummary
+_HOMES = {
+    "run_job_sync": "batch.api",
+    "Backend": "batch.backends.base",
+    "ChatRequest": "batch.backends.base",
+    "Completion": "batch.backends.base",
+    "Usage": "batch.backends.base",
+    "JobConfig": "batch.config",
+    "load_config": "batch.config",
+    "BatchError": "batch.errors",
+    "ConfigError": "batch.errors",
+    "FatalRunError": "batch.errors",
+    "run_job": "batch.pipeline",
+    "RunSummary": "batch.summary",
+}
+__all__ = sorted(_HOMES)
 
 
-def run_job_sync(config: JobConfig, *, backends: Sequence[Backend] | None = None) -> RunSummary:
-    """`run_job` for code without an event loop. In a notebook, `await run_job(config)`."""
-    return anyio.run(partial(run_job, config, backends=backends))
-
-
-__all__ = [
-    "Backend",
-    "BatchError",
-    "ChatRequest",
-    "Completion",
-    "ConfigError",
-    "FatalRunError",
-    "JobConfig",
-    "RunSummary",
-    "Usage",
-    "load_config",
-    "run_job",
-    "run_job_sync",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'batch' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

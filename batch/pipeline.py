@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batch.backends.base import Backend
 from batch.backends.ollama import OllamaBackend, display_host
 from batch.config import JobConfig
-from batch.errors import BadInput, BatchError, FatalRunError
+from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
 from batch.idset import IdSet
 from batch.label import Labeller, RetryPolicy, RowResult
 from batch.output import OutputWriter, encode_line, prepare_output
@@ -71,7 +71,9 @@ async def run_job(
     """Run `config` to the end (or to a signal). Raises `ConfigError`/`FatalRunError` after
     writing the summary; row failures are in the output, never raised."""
     if not config.input.is_file():
-        raise BatchError(f"input file {config.input} does not exist")
+        raise ConfigError(f"input file {config.input} does not exist")
+    if config.output_path.resolve() == config.input.resolve():
+        raise ConfigError(f"the output would overwrite the input {config.input}: change --output")
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
     output_path = config.output_path

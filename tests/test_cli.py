@@ -136,6 +136,7 @@ def test_a_row_that_never_validates_fails_alone_with_its_raw_reply(
     server: FakeOllama, job: Callable[..., Path]
 ) -> None:
     path = job(3)
+
     def prose_for_row_2(body: dict[str, Any]) -> str:
         asked_row_2 = any("row 2" in m["content"] for m in body["messages"])
         return "I think it is positive." if asked_row_2 else '{"label": "neutral"}'
@@ -249,3 +250,32 @@ def test_usage_errors_exit_2_with_a_message(
     with pytest.raises(SystemExit) as exited:
         main(["run", str(path), "--concurrency", "lots"])
     assert exited.value.code == 2
+
+
+def test_the_sample_job_runs_with_no_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = Path(__file__).parent.parent / "jobs"
+    for name in ("in.jsonl", "in.toml", "sentiment.schema.json"):
+        (tmp_path / name).write_bytes((jobs / name).read_bytes())
+    with FakeOllama(models=["llama3.2"]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.url)
+        assert main(["run", str(tmp_path / "in.jsonl"), "-q"]) == 0
+        assert fake.requests[0]["options"] == {"temperature": 0, "num_predict": 64}
+        assert "Review: Arrived two days early" in fake.requests[0]["messages"][-1]["content"]
+    rows = [json.loads(x) for x in (tmp_path / "in.out.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    assert all(r["output"]["sentiment"] in {"positive", "negative", "neutral"} for r in rows)
+    assert "12 ok, 0 failed" in capsys.readouterr().err
+
+
+def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(
+    job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeOllama(models=["m"], slots=2, latency=0.02) as fake:
+        path = job(30)
+        schema = str(path.parent / "schema.json")
+        argv = ["run", str(path), "-m", "m", "--host", fake.url, "--schema", schema, "-c", "2"]
+        assert main([*argv, "--log-every", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert "progress: " in err and "rows/s" in err

@@ -290,3 +290,13 @@ async def test_duplicate_ids_fail_only_the_later_row(job: Callable[..., JobConfi
     assert rows[2]["status"] == "ok"
     assert rows[3]["status"] == "error"
     assert "already used" in rows[3]["error"]["message"]
+
+
+def test_the_sync_api_runs_the_same_pipeline(job: Callable[..., JobConfig]) -> None:
+    from batch import run_job_sync
+
+    config = job(2)
+    summary = run_job_sync(
+        config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))]
+    )
+    assert summary.rows == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
