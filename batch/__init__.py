@@ -34,7 +34,20 @@ _HOMES = {
     "run_job": "batch.pipeline",
     "RunSummary": "batch.summary",
 }
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Backend",
+    "BatchError",
+    "ChatRequest",
+    "Completion",
+    "ConfigError",
+    "FatalRunError",
+    "JobConfig",
+    "RunSummary",
+    "Usage",
+    "load_config",
+    "run_job",
+    "run_job_sync",
+]
 
 
 def __getattr__(name: str) -> Any:
