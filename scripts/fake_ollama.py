@@ -1,0 +1,106 @@
+"""Run the fake Ollama server as its own process, for benchmarks and manual runs.
+
+    python scripts/fake_ollama.py --port 11434 --latency 0.05 --slots 8 --fault busy::3
+
+Prints `listening on http://HOST:PORT` once it accepts connections (with `--port 0`, the port
+the OS chose) and exits 0 on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+from typing import cast, get_args
+
+import anyio
+
+try:
+    from batch.testing import FakeOllama, Fault, FaultKind
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from batch.testing import FakeOllama, Fault, FaultKind
+
+
+def parse_fault(spec: str) -> Fault:
+    """`KIND[:MATCH[:TIMES]]`: an empty MATCH matches every request; TIMES is a count, or
+    `forever` (also `*` or empty); it defaults to 1, as for `Fault`."""
+    kind, _, rest = spec.partition(":")
+    match, _, times = rest.partition(":")
+    if kind not in get_args(FaultKind):
+        raise argparse.ArgumentTypeError(
+            f"unknown fault kind {kind!r}; one of: {', '.join(get_args(FaultKind))}"
+        )
+    count: int | None
+    if ":" not in rest:
+        count = 1
+    elif times in ("", "*", "forever"):
+        count = None
+    else:
+        try:
+            count = int(times)
+        except ValueError:
+            message = f"TIMES must be a count or 'forever': {spec!r}"
+            raise argparse.ArgumentTypeError(message) from None
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"TIMES must be at least 1: {spec!r}")
+    return Fault(cast(FaultKind, kind), match or None, count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434, help="0 lets the OS choose")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
+    parser.add_argument("--slots", type=int, default=4, help="parallel generations")
+    parser.add_argument(
+        "--model", action="append", dest="models", metavar="NAME", help="repeatable"
+    )
+    parser.add_argument("--context-length", type=int, default=4096)
+    parser.add_argument(
+        "--fault", action="append", type=parse_fault, default=[], metavar="KIND[:MATCH[:TIMES]]"
+    )
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep request bodies in memory (off: benchmarks send millions)",
+    )
+    return parser
+
+
+def _announce(url: str) -> None:
+    print(f"listening on {url}", flush=True)
+
+
+async def _serve(fake: FakeOllama, host: str) -> None:
+    # Install the signal handlers before announcing, so a parent that signals right after the
+    # line still gets a clean exit.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(fake.serve_forever, host, ready=_announce))
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fake = FakeOllama(
+        models=args.models or ("fake-model",),
+        latency=args.latency,
+        slots=args.slots,
+        context_length=args.context_length,
+        port=args.port,
+        record_requests=args.record,
+    )
+    for fault in args.fault:
+        fake.add_fault(fault)
+    anyio.run(_serve, fake, args.host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
