@@ -1,6 +1,6 @@
 """The run: one task group, one pipeline.
 
-    reader ──rows──▶ N labellers ──results──▶ writer (sole owner of the output file)
+    reader ──rows──▶ labellers (2 per slot) ──results──▶ writer (sole owner of the output file)
 
 Both streams are bounded, so memory follows the concurrency, never the input's size. A fatal
 error or a signal stops the reader and the labellers; the writer always drains what completed.
@@ -14,15 +14,13 @@ import logging
 import signal
 from collections.abc import Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import anyio
-from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.backends.base import Backend
-from batch.backends.ollama import OllamaBackend, display_host
+from batch.backends.ollama import OllamaBackend
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
 from batch.idset import IdSet
@@ -38,14 +36,6 @@ from batch.summary import RunStats, RunSummary, build_summary, write_summary
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 256  # lines gathered into one write when rows complete faster than disk writes
-
-
-@dataclass
-class _Stop:
-    """Why the run ended early, if it did."""
-
-    fatal: BatchError | None = None
-    signal: str | None = None
 
 
 def fingerprint(config: JobConfig, schema: OutputSchema | None) -> str:
@@ -68,17 +58,20 @@ async def run_job(
     handle_signals: bool = False,
     show: bool = False,
 ) -> RunSummary:
-    """Run `config` to the end (or to a signal). Raises `ConfigError`/`FatalRunError` after
-    writing the summary; row failures are in the output, never raised."""
+    """Run `config` to the end (or to a signal) and write its summary.
+
+    Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
+    on; a row's failure is an error line in the output, never raised. `backends` replaces the
+    Ollama hosts of `config`; `handle_signals` and `show` are for the CLI.
+    """
     if not config.input.is_file():
         raise ConfigError(f"input file {config.input} does not exist")
     if config.output_path.resolve() == config.input.resolve():
         raise ConfigError(f"the output would overwrite the input {config.input}: change --output")
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
-    output_path = config.output_path
     done = await anyio.to_thread.run_sync(
-        lambda: prepare_output(output_path, stamp, overwrite=config.overwrite)
+        lambda: prepare_output(config.output_path, stamp, overwrite=config.overwrite)
     )
     if backends is None:
         backends = [
@@ -86,8 +79,6 @@ async def run_job(
             for host in config.hosts
         ]
     pool = HostPool(backends, config.concurrency)
-    policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
-    labeller = Labeller(pool, policy, schema)
     builder = RowBuilder(
         model=config.model,
         options=config.options,
@@ -95,177 +86,141 @@ async def run_job(
         system=config.system,
         format=schema.json_schema if schema else None,
     )
-    stats = RunStats()
-    stop = _Stop()
+    policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
+    run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity)
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
     try:
-        await _pipeline(config, builder, labeller, done, stats, stop, stamp, handle_signals, show)
+        await run.execute(handle_signals=handle_signals, show=show)
     finally:
         await pool.aclose()
         summary = build_summary(
-            stats,
+            run.stats,
             input_path=config.input,
-            output_path=output_path,
+            output_path=config.output_path,
             fingerprint=stamp,
-            hosts=[display_host(h) for h in config.hosts] if backends is None else pool.names,
+            hosts=pool.names,
             model=config.model,
-            fatal=str(stop.fatal) if stop.fatal else None,
-            stopped_by=stop.signal,
+            fatal=str(run.fatal) if run.fatal else None,
+            stopped_by=run.stopped_by,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
-    if stop.fatal is not None:
-        raise stop.fatal
+    if run.fatal is not None:
+        raise run.fatal
     return summary
 
 
-async def _pipeline(
-    config: JobConfig,
-    builder: RowBuilder,
-    labeller: Labeller,
-    done: IdSet,
-    stats: RunStats,
-    stop: _Stop,
-    stamp: str,
-    handle_signals: bool,
-    show: bool,
-) -> None:
-    workers = labeller_count(config, len(config.hosts))
-    rows_send, rows_receive = anyio.create_memory_object_stream[Row](workers)
-    results_send, results_receive = anyio.create_memory_object_stream[RowResult](workers * 2)
-    stopping = anyio.Event()
+@dataclass
+class _Run:
+    config: JobConfig
+    builder: RowBuilder
+    labeller: Labeller
+    done: IdSet  # ids already ok in the output
+    stamp: str
+    slots: int
+    stats: RunStats = field(default_factory=RunStats)
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+    work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    fatal: BatchError | None = None
+    stopped_by: str | None = None
 
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(_write, config.output_path, results_receive, stats, stamp)
-        watchers = anyio.CancelScope()
-        async with results_send, anyio.create_task_group() as work:
+    async def execute(self, *, handle_signals: bool, show: bool) -> None:
+        # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
+        labellers = 2 * self.slots
+        rows_send, rows_receive = anyio.create_memory_object_stream[Row](labellers)
+        results_send, results_receive = anyio.create_memory_object_stream[RowResult](labellers)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._write, results_receive)
+            watchers = anyio.CancelScope()
+            outer.start_soon(self._watch, watchers, handle_signals, show)
+            with self.work:
+                async with results_send, rows_receive, anyio.create_task_group() as work:
+                    work.start_soon(self._read, rows_send)
+                    for _ in range(labellers):
+                        work.start_soon(self._label, rows_receive.clone(), results_send.clone())
+            watchers.cancel()
 
-            async def watch() -> None:
-                with watchers:
-                    async with anyio.create_task_group() as tg:
-                        if handle_signals:
-                            tg.start_soon(_on_signal, stop, stopping, work.cancel_scope, config)
-                        if show:
-                            tg.start_soon(show_progress_quietly, stats, config)
-
-            outer.start_soon(watch)
-            work.start_soon(_read, config.input, builder, done, rows_send, stats, stop, stopping)
-            async with rows_receive:
-                for _ in range(workers):
-                    work.start_soon(
-                        _label_rows,
-                        labeller,
-                        rows_receive.clone(),
-                        results_send.clone(),
-                        stop,
-                        stopping,
-                        work.cancel_scope,
+    async def _watch(self, scope: anyio.CancelScope, handle_signals: bool, show: bool) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(self._on_signals)
+                if show:
+                    tg.start_soon(
+                        show_progress, self.stats, self.config.input, self.config.log_every
                     )
-        watchers.cancel()
 
+    async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
+        seen = IdSet(len(self.done))
+        async with send:
+            try:
+                async with aclosing(read_lines(self.config.input)) as lines:
+                    async for number, raw in lines:
+                        if self.stopping.is_set():
+                            return
+                        row = self.builder.build(number, raw)
+                        if row.has_id:
+                            key = id_key(row.id)
+                            if not seen.add(key):
+                                row.request, row.failure = None, _duplicate(row)
+                            elif key in self.done:
+                                self.stats.skipped += 1
+                                continue
+                        await send.send(row)
+            except anyio.BrokenResourceError:
+                pass  # every labeller has stopped (a signal): nothing left to feed
+            except BatchError as exc:  # e.g. a row with no model and no --model
+                self.fatal = exc
+                self.stopping.set()
 
-def labeller_count(config: JobConfig, hosts: int) -> int:
-    # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
-    return 2 * config.concurrency * hosts
+    async def _label(
+        self, rows: MemoryObjectReceiveStream[Row], results: MemoryObjectSendStream[RowResult]
+    ) -> None:
+        async with rows, results:
+            async for row in rows:
+                if self.stopping.is_set():
+                    return
+                try:
+                    result = await self.labeller.label(row)
+                except FatalRunError as exc:
+                    self.fatal = self.fatal or exc
+                    self.stopping.set()
+                    self.work.cancel()
+                    return
+                with anyio.CancelScope(shield=True):  # a finished row is never dropped
+                    await results.send(result)
 
+    async def _write(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
+        async with results, OutputWriter(self.config.output_path) as writer:
+            async for result in results:
+                batch = [result]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(results.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                # Shielded: a cancelled run still finishes the write it started.
+                with anyio.CancelScope(shield=True):
+                    await writer.write([encode_line(r.as_record(self.stamp)) for r in batch])
+                for r in batch:
+                    self.stats.count(r)
 
-async def show_progress_quietly(stats: RunStats, config: JobConfig) -> None:
-    await show_progress(stats, config.input, log_every=config.log_every)
-
-
-async def _read(
-    path: Path,
-    builder: RowBuilder,
-    done: IdSet,
-    send: MemoryObjectSendStream[Row],
-    stats: RunStats,
-    stop: _Stop,
-    stopping: anyio.Event,
-) -> None:
-    seen = IdSet(len(done))
-    async with send:
-        try:
-            async with aclosing(read_lines(path)) as lines:
-                async for number, raw in lines:
-                    if stopping.is_set():
-                        return
-                    row = builder.build(number, raw)
-                    if row.has_id:
-                        key = id_key(row.id)
-                        if not seen.add(key):
-                            row.request, row.failure = None, _duplicate(row)
-                        elif key in done:
-                            stats.skipped += 1
-                            continue
-                    await send.send(row)
-        except anyio.BrokenResourceError:
-            pass  # every labeller has stopped (a signal): nothing left to feed
-        except BatchError as exc:  # e.g. a row with no model and no --model
-            stop.fatal = exc
-            stopping.set()
+    async def _on_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopped_by is not None:
+                    log.warning("second signal: stopping now")
+                    self.work.cancel()
+                    return
+                self.stopped_by = signal.Signals(signum).name
+                self.stopping.set()
+                grace = self.config.grace_period
+                log.warning(
+                    "%s: taking no new rows; in-flight rows get %gs", self.stopped_by, grace
+                )
+                self.work.deadline = anyio.current_time() + grace
 
 
 def _duplicate(row: Row) -> BadInput:
     return BadInput(
         f"line {row.line}: id {row.id!r} was already used by an earlier line; ids must be unique"
     )
-
-
-async def _label_rows(
-    labeller: Labeller,
-    rows: MemoryObjectReceiveStream[Row],
-    results: MemoryObjectSendStream[RowResult],
-    stop: _Stop,
-    stopping: anyio.Event,
-    work: CancelScope,
-) -> None:
-    async with rows, results:
-        async for row in rows:
-            if stopping.is_set():
-                return
-            try:
-                result = await labeller.label(row)
-            except FatalRunError as exc:
-                if stop.fatal is None:
-                    stop.fatal = exc
-                stopping.set()
-                work.cancel()
-                return
-            with anyio.CancelScope(shield=True):  # a finished row is never dropped
-                await results.send(result)
-
-
-async def _write(
-    path: Path, results: MemoryObjectReceiveStream[RowResult], stats: RunStats, stamp: str
-) -> None:
-    async with results, OutputWriter(path) as writer:
-        async for result in results:
-            batch = [result]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(results.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            # Shielded: a cancelled run still finishes the write it started.
-            with anyio.CancelScope(shield=True):
-                await writer.write([encode_line(r.as_record(stamp)) for r in batch])
-            for r in batch:
-                stats.count(r)
-
-
-async def _on_signal(
-    stop: _Stop, stopping: anyio.Event, work: CancelScope, config: JobConfig
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if stopping.is_set() and stop.signal is not None:
-                log.warning("second signal: stopping now")
-                work.cancel()
-                return
-            stop.signal = signal.Signals(signum).name
-            stopping.set()
-            log.warning(
-                "%s: taking no new rows; in-flight rows get %.0fs to finish",
-                stop.signal,
-                config.grace_period,
-            )
-            work.deadline = anyio.current_time() + config.grace_period

@@ -27,7 +27,7 @@ from batch.summary import RunStats
 log = logging.getLogger(__name__)
 
 
-async def show_progress(stats: RunStats, input_path: Path, *, log_every: float) -> None:
+async def show_progress(stats: RunStats, input_path: Path, log_every: float) -> None:
     total: int | None = None
 
     async def count() -> None:
