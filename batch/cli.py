@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between progress lines when stderr is not a terminal (default 10)",
     )
+    add(
+        "--embedded-contexts",
+        type=int,
+        metavar="N",
+        help="with --host embedded: llama.cpp contexts, each serving one row at a time "
+        "(default: one a core)",
+    )
     add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
     add("-q", "--quiet", action="store_true", help="no progress display")
     run.add_argument(

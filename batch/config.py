@@ -43,6 +43,8 @@ class JobConfig(BaseModel):
     overwrite: bool = False
     quiet: bool = False
     log_every: float = Field(10.0, gt=0, description="seconds between progress lines in logs")
+    # llama.cpp contexts for --host embedded; None: one a core (measured fastest on 2 cores).
+    embedded_contexts: int | None = Field(None, ge=1, le=64)
 
     @field_validator("hosts")
     @classmethod
@@ -97,6 +99,7 @@ FLAG_NAMES = {
     "overwrite": "--overwrite",
     "quiet": "--quiet",
     "log_every": "--log-every",
+    "embedded_contexts": "--embedded-contexts",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
 PATH_KEYS = ("output", "summary")

@@ -20,7 +20,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.backends.base import Backend
-from batch.backends.ollama import OllamaBackend
+from batch.backends.select import open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
 from batch.idset import IdSet
@@ -68,16 +68,14 @@ async def run_job(
         raise ConfigError(f"input file {config.input} does not exist")
     if config.output_path.resolve() == config.input.resolve():
         raise ConfigError(f"the output would overwrite the input {config.input}: change --output")
+    stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
     done = await anyio.to_thread.run_sync(
         lambda: prepare_output(config.output_path, stamp, overwrite=config.overwrite)
     )
     if backends is None:
-        backends = [
-            OllamaBackend(host, concurrency=config.concurrency, timeout=config.timeout)
-            for host in config.hosts
-        ]
+        backends = open_backends(config)
     pool = HostPool(backends, config.concurrency)
     builder = RowBuilder(
         model=config.model,
@@ -87,7 +85,7 @@ async def run_job(
         format=schema.json_schema if schema else None,
     )
     policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
-    run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity)
+    run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
     try:
         await run.execute(handle_signals=handle_signals, show=show)
@@ -117,7 +115,7 @@ class _Run:
     done: IdSet  # ids already ok in the output
     stamp: str
     slots: int
-    stats: RunStats = field(default_factory=RunStats)
+    stats: RunStats
     stopping: anyio.Event = field(default_factory=anyio.Event)
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None

@@ -252,20 +252,20 @@ def test_usage_errors_exit_2_with_a_message(
     assert exited.value.code == 2
 
 
-def test_the_sample_job_runs_with_no_flags(
+def test_the_sample_job_runs_against_ollama_when_the_environment_names_a_host(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     jobs = Path(__file__).parent.parent / "jobs"
-    for name in ("in.jsonl", "in.toml", "sentiment.schema.json"):
+    for name in ("in.jsonl", "in.toml", "order.schema.json"):
         (tmp_path / name).write_bytes((jobs / name).read_bytes())
-    with FakeOllama(models=["llama3.2"]) as fake:
-        monkeypatch.setenv("OLLAMA_HOST", fake.url)
+    with FakeOllama(models=["gemma3:270m"]) as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.url)  # the environment wins over the job file
         assert main(["run", str(tmp_path / "in.jsonl"), "-q"]) == 0
         assert fake.requests[0]["options"] == {"temperature": 0, "num_predict": 64}
-        assert "Review: Arrived two days early" in fake.requests[0]["messages"][-1]["content"]
+        assert "Order: Order 1042: 3 blue mugs" in fake.requests[0]["messages"][-1]["content"]
     rows = [json.loads(x) for x in (tmp_path / "in.out.jsonl").read_text().splitlines()]
     assert len(rows) == 12
-    assert all(r["output"]["sentiment"] in {"positive", "negative", "neutral"} for r in rows)
+    assert all(set(r["output"]) == {"item", "quantity", "city"} for r in rows)
     assert "12 ok, 0 failed" in capsys.readouterr().err
 
 

@@ -1,0 +1,33 @@
+"""Which backend serves a host value: `embedded` runs a model in process, anything else is an
+Ollama URL. Explicit only: an unreachable Ollama host never falls back to the embedded model."""
+
+from __future__ import annotations
+
+import os
+
+from batch.backends.base import Backend
+from batch.config import JobConfig
+
+
+def open_backends(config: JobConfig) -> list[Backend]:
+    from batch.backends.embedded import EmbeddedBackend, is_embedded
+    from batch.backends.ollama import OllamaBackend
+
+    backends: list[Backend] = []
+    for host in config.hosts:
+        if is_embedded(host):
+            backends.append(
+                EmbeddedBackend(
+                    config.model,
+                    contexts=min(
+                        config.embedded_contexts or os.cpu_count() or 1, config.concurrency
+                    ),
+                    timeout=config.timeout,
+                    options=config.options,
+                )
+            )
+        else:
+            backends.append(
+                OllamaBackend(host, concurrency=config.concurrency, timeout=config.timeout)
+            )
+    return backends

