@@ -39,10 +39,6 @@ class RowResult:
     durations_ns: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
     def as_record(self, fingerprint: str) -> dict[str, Any]:
         request = self.row.request
         record: dict[str, Any] = {"id": self.row.id, "line": self.row.line}

