@@ -261,7 +261,7 @@ def test_the_sample_job_runs_against_ollama_when_the_environment_names_a_host(
     with FakeOllama(models=["gemma3:270m"]) as fake:
         monkeypatch.setenv("OLLAMA_HOST", fake.url)  # the environment wins over the job file
         assert main(["run", str(tmp_path / "in.jsonl"), "-q"]) == 0
-        assert fake.requests[0]["options"] == {"temperature": 0, "num_predict": 64}
+        assert fake.requests[0]["options"] == {"temperature": 0, "num_predict": 128}
         assert "Order: Order 1042: 3 blue mugs" in fake.requests[0]["messages"][-1]["content"]
     rows = [json.loads(x) for x in (tmp_path / "in.out.jsonl").read_text().splitlines()]
     assert len(rows) == 12

