@@ -1,66 +1,102 @@
-"""A set of row ids in 16 bytes an id, for files of millions of rows.
+"""The run's row ids, about 10 bytes an id, for files of millions of rows.
 
-A Python `set` of strings costs about 100 bytes an id. This keeps only each id's 64-bit hash in
-an open-addressing table (a flat `array`), so two ids whose hashes collide count as one: with
-64-bit hashes that is about one chance in 10^8 on a file of ten million rows.
+A Python `set` of strings costs about 100 bytes an id. This keeps only each id's 63-bit hash in
+an open-addressing table (a flat `array`), so two ids whose hashes collide count as one: about
+one chance in 10^5 on a file of ten million rows. The lowest bit of each entry says whether the
+reader has met the id in this run, so one table serves both resume (ids already done in the
+output) and duplicate detection (ids met earlier in the input).
 """
 
 from __future__ import annotations
 
+import enum
 from array import array
 
 _EMPTY = 0
-_MASK64 = (1 << 64) - 1
+_SEEN = 1
+_MASK63 = (1 << 63) - 1
+_MIN_SIZE = 1024
+_MAX_LOAD = 0.8  # linear probing stays short up to here; a fuller table would probe long runs
+
+
+class Sighting(enum.Enum):
+    NEW = "new"  # first time this id appears, and not done before
+    DONE = "done"  # done in an earlier run; first time this run
+    REPEAT = "repeat"  # already met earlier in this run's input
 
 
 class IdSet:
-    def __init__(self, capacity: int = 1024) -> None:
-        size = 1 << max(10, (capacity * 2 - 1).bit_length())
-        self._table = array("Q", bytes(8 * size))
+    def __init__(self, expected: int = 0) -> None:
+        """`expected`: how many ids are likely to come; a good guess spares a resize."""
+        self._table = array("Q", bytes(8 * _size_for(expected)))
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
     def __contains__(self, key: str) -> bool:
-        return self._find(_key_hash(key))[1]
+        return self._find(_entry(key))[1] != _EMPTY
+
+    def reserve(self, expected: int) -> None:
+        """Makes room for `expected` ids in all, in one resize rather than several."""
+        if _size_for(expected) > len(self._table):
+            self._resize(_size_for(expected))
 
     def add(self, key: str) -> bool:
-        """Adds `key`; False when it was there already."""
-        h = _key_hash(key)
-        slot, found = self._find(h)
-        if found:
+        """Records `key` as done in an earlier run; False when it was there already."""
+        entry = _entry(key)
+        slot, current = self._find(entry)
+        if current != _EMPTY:
             return False
-        self._table[slot] = h
-        self._count += 1
-        if self._count * 2 > len(self._table):
-            self._grow()
+        self._insert(slot, entry)
         return True
 
-    def _find(self, h: int) -> tuple[int, bool]:
-        table, mask = self._table, len(self._table) - 1
-        slot = h & mask
+    def sight(self, key: str) -> Sighting:
+        """The reader met `key` in the input: is it new, done before, or a repeat?"""
+        entry = _entry(key)
+        slot, current = self._find(entry)
+        if current == _EMPTY:
+            self._insert(slot, entry | _SEEN)
+            return Sighting.NEW
+        if current & _SEEN:
+            return Sighting.REPEAT
+        self._table[slot] = current | _SEEN
+        return Sighting.DONE
+
+    def _find(self, entry: int) -> tuple[int, int]:
+        """The slot holding `entry` (seen bit ignored) or the empty slot where it would go."""
+        table, size = self._table, len(self._table)
+        slot = (entry >> 1) % size
         while True:
             current = table[slot]
-            if current == h:
-                return slot, True
-            if current == _EMPTY:
-                return slot, False
-            slot = (slot + 1) & mask
+            if current == _EMPTY or current | _SEEN == entry | _SEEN:
+                return slot, current
+            slot += 1
+            if slot == size:
+                slot = 0
 
-    def _grow(self) -> None:
-        old = self._table
-        self._table = array("Q", bytes(16 * len(old)))
-        mask = len(self._table) - 1
+    def _insert(self, slot: int, entry: int) -> None:
+        self._table[slot] = entry
+        self._count += 1
+        if self._count > _MAX_LOAD * len(self._table):
+            self._resize(2 * len(self._table))
+
+    def _resize(self, size: int) -> None:
+        old, self._table = self._table, array("Q", bytes(8 * size))
         table = self._table
-        for h in old:
-            if h != _EMPTY:
-                slot = h & mask
+        for entry in old:
+            if entry != _EMPTY:
+                slot = (entry >> 1) % size
                 while table[slot] != _EMPTY:
-                    slot = (slot + 1) & mask
-                table[slot] = h
+                    slot = slot + 1 if slot + 1 < size else 0
+                table[slot] = entry
 
 
-def _key_hash(key: str) -> int:
+def _size_for(expected: int) -> int:
+    return max(_MIN_SIZE, int(expected / (_MAX_LOAD * 0.9)) + 1)
+
+
+def _entry(key: str) -> int:
     # str hashes are salted per process, which is fine: the table lives for one run.
-    return (hash(key) & _MASK64) or 1
+    # The hash fills the upper 63 bits; never zero, so no entry looks like an empty slot.
+    return ((hash(key) & _MASK63) or 1) << 1

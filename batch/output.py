@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from batch.errors import ConfigError
 from batch.idset import IdSet
+from batch.reader import LineCountGuess
 from batch.rows import id_key
 
 log = logging.getLogger(__name__)
@@ -38,38 +40,60 @@ def prepare_output(path: Path, fingerprint: str, *, overwrite: bool) -> IdSet:
     if overwrite:
         path.unlink()
         return done
-    scratch = path.with_name(path.name + ".resume-tmp")
-    kept = dropped = 0
-    with path.open("rb") as source, scratch.open("wb") as target:
+    tail = f',"config":"{fingerprint}"}}\n'.encode()
+    dropped = array("Q")  # line numbers to leave out; usually none, so no copy is made
+    guess = LineCountGuess(path)
+    with path.open("rb") as source:
         for number, raw in enumerate(source, start=1):
-            record = _read_record(raw)
-            if record is None:  # a line cut short by a kill: its row runs again
-                dropped += 1
-                continue
-            if "status" not in record or "id" not in record:
-                scratch.unlink()
-                raise ConfigError(
-                    f"{path} line {number} is not a row written by batch: "
-                    "choose another --output, or pass --overwrite to replace the file"
-                )
-            if record.get("config") != fingerprint:
-                scratch.unlink()
-                raise ConfigError(
-                    f"{path} holds rows labelled with a different model, schema, template, "
-                    f"system prompt or options (line {number}): rerun with the same settings "
-                    "to resume, choose another --output, or pass --overwrite to start over"
-                )
-            if record["status"] == "ok" and done.add(id_key(record["id"])):
-                target.write(raw)
-                kept += 1
-            else:
-                dropped += 1
+            if guess.pending and (expected := guess.after(raw)):
+                done.reserve(expected)
+            key = _ok_key_at_a_glance(raw, tail)
+            if key is None:
+                key = _ok_key(path, number, raw, fingerprint)
+            if key is None or not done.add(key):
+                dropped.append(number)
     if dropped:
-        os.replace(scratch, path)
-    else:
-        scratch.unlink()
-    log.info("resuming %s: %d rows done, %d dropped to run again", path, kept, dropped)
+        _leave_out(path, dropped)
+    log.info("resuming %s: %d rows done, %d dropped to run again", path, len(done), len(dropped))
     return done
+
+
+def _ok_key_at_a_glance(raw: bytes, tail: bytes) -> str | None:
+    """The id key of an `ok` line as this version writes it (`{"id":…,"line":N,"status":"ok",`
+    … `"config":"<fingerprint>"}`), found without parsing the whole line; None otherwise, and
+    the line gets a full reading. Resume reads millions of these, so it matters."""
+    if not (raw.endswith(tail) and raw.startswith(b'{"id":')):
+        return None
+    # Inside a JSON string a quote is escaped, so the first `,"line":` ends the id.
+    id_end = raw.find(b',"line":', 6)
+    status = raw.find(b",", id_end + 8) if id_end > 0 else -1
+    if status < 0 or not raw.startswith(b',"status":"ok",', status):
+        return None
+    try:
+        row_id = json.loads(raw[6:id_end])
+    except ValueError:
+        return None
+    return id_key(row_id) if isinstance(row_id, str | int) else None
+
+
+def _ok_key(path: Path, number: int, raw: bytes, fingerprint: str) -> str | None:
+    """The id key of an `ok` line; None for a row to run again (failed, or cut short by a kill).
+    Raises `ConfigError` for a line batch did not write, or wrote under other settings."""
+    record = _read_record(raw)
+    if record is None:  # a line cut short by a kill: its row runs again
+        return None
+    if "status" not in record or "id" not in record:
+        raise ConfigError(
+            f"{path} line {number} is not a row written by batch: "
+            "choose another --output, or pass --overwrite to replace the file"
+        )
+    if record.get("config") != fingerprint:
+        raise ConfigError(
+            f"{path} holds rows labelled with a different model, schema, template, "
+            f"system prompt or options (line {number}): rerun with the same settings "
+            "to resume, choose another --output, or pass --overwrite to start over"
+        )
+    return id_key(record["id"]) if record["status"] == "ok" else None
 
 
 def _read_record(raw: bytes) -> dict[str, Any] | None:
@@ -80,6 +104,21 @@ def _read_record(raw: bytes) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _leave_out(path: Path, dropped: array[int]) -> None:
+    """Rewrites `path` without the `dropped` lines, through a temporary file and an atomic
+    rename: a kill at any instant leaves either the old file or the new one."""
+    scratch = path.with_name(path.name + ".resume-tmp")
+    skip = iter(dropped)
+    next_skip = next(skip, 0)
+    with path.open("rb") as source, scratch.open("wb") as target:
+        for number, raw in enumerate(source, start=1):
+            if number == next_skip:
+                next_skip = next(skip, 0)
+            else:
+                target.write(raw)
+    os.replace(scratch, path)
 
 
 class OutputWriter:

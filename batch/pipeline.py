@@ -23,13 +23,13 @@ from batch.backends.base import Backend
 from batch.backends.select import open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
-from batch.idset import IdSet
+from batch.idset import IdSet, Sighting
 from batch.label import Labeller, RetryPolicy, RowResult
 from batch.output import OutputWriter, encode_line, prepare_output
 from batch.pool import HostPool
 from batch.progress import show_progress
-from batch.reader import read_lines
-from batch.rows import Row, RowBuilder, id_key
+from batch.reader import LineCountGuess, read_lines
+from batch.rows import Row, RowBuilder, id_key, peek_id
 from batch.schema import OutputSchema, load_schema
 from batch.summary import RunStats, RunSummary, build_summary, write_summary
 
@@ -112,7 +112,7 @@ class _Run:
     config: JobConfig
     builder: RowBuilder
     labeller: Labeller
-    done: IdSet  # ids already ok in the output
+    ids: IdSet  # ids done in the output before the run, then every id the reader meets
     stamp: str
     slots: int
     stats: RunStats
@@ -148,21 +148,27 @@ class _Run:
                     )
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
-        seen = IdSet(len(self.done))
+        resuming = len(self.ids) > 0
+        sizer = LineCountGuess(self.config.input)
         async with send:
             try:
                 async with aclosing(read_lines(self.config.input)) as lines:
                     async for number, raw in lines:
                         if self.stopping.is_set():
                             return
-                        row = self.builder.build(number, raw)
-                        if row.has_id:
-                            key = id_key(row.id)
-                            if not seen.add(key):
-                                row.request, row.failure = None, _duplicate(row)
-                            elif key in self.done:
+                        if sizer.pending and (guess := sizer.after(raw)):
+                            self.ids.reserve(guess)
+                        sighting = None
+                        if resuming and (given := peek_id(raw)) is not None:
+                            sighting = self.ids.sight(id_key(given))
+                            if sighting is Sighting.DONE:
                                 self.stats.skipped += 1
                                 continue
+                        row = self.builder.build(number, raw)
+                        if row.has_id:
+                            sighting = sighting or self.ids.sight(id_key(row.id))
+                            if sighting is Sighting.REPEAT:
+                                row.request, row.failure = None, _duplicate(row)
                         await send.send(row)
             except anyio.BrokenResourceError:
                 pass  # every labeller has stopped (a signal): nothing left to feed

@@ -48,3 +48,25 @@ def count_lines(path: Path) -> int:
             lines += chunk.count(b"\n")
             last = chunk[-1:]
     return lines + (last != b"\n")
+
+
+class LineCountGuess:
+    """Guesses a file's line count from its size and the length of its first lines, so that a
+    table of ids can be sized once instead of doubling (and briefly holding two) as it fills."""
+
+    SAMPLE = 1024
+
+    def __init__(self, path: Path) -> None:
+        self._size = path.stat().st_size
+        self._lines = 0
+        self._bytes = 0
+        self.pending = True
+
+    def after(self, raw: bytes) -> int | None:
+        """Feed each line until it returns the guess (then `pending` turns False)."""
+        self._lines += 1
+        self._bytes += len(raw) + 1
+        if self._lines < self.SAMPLE and self._bytes < self._size:
+            return None
+        self.pending = False
+        return int(self._size / (self._bytes / self._lines) * 1.05)

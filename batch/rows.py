@@ -53,7 +53,7 @@ class RowBuilder:
         if not isinstance(data, dict):
             kind = type(data).__name__.replace("dict", "object").replace("list", "array")
             return _bad(line, f"line {line} is a JSON {kind}, not an object")
-        row_id = data.get("id", data.get("custom_id", line))
+        row_id = _given_id(data, default=line)
         if isinstance(row_id, bool) or not isinstance(row_id, str | int):
             return _bad(line, f"line {line}: id must be a string or an integer, not {row_id!r}")
         try:
@@ -117,6 +117,23 @@ class RowBuilder:
         if not isinstance(prompt, str):
             raise BadInput(f"line {line}: prompt must be a string")
         return prompt
+
+
+def peek_id(raw: bytes) -> RowId | None:
+    """A line's own id, read without building its request (resume skips most lines); None
+    when the line has no usable id of its own."""
+    try:
+        data = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(data, dict):
+        return None
+    row_id = _given_id(data, default=None)
+    return None if isinstance(row_id, bool) or not isinstance(row_id, str | int) else row_id
+
+
+def _given_id(data: dict[str, Any], default: Any) -> Any:
+    return data.get("id", data.get("custom_id", default))
 
 
 def _bad(line: int, message: str) -> Row:
