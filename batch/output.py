@@ -20,6 +20,7 @@ import anyio
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from batch.errors import ConfigError
+from batch.formats.openai_out import native_view
 from batch.idset import IdSet
 from batch.rows import id_key
 
@@ -30,8 +31,11 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def prepare_output(path: Path, fingerprint: str, *, overwrite: bool) -> IdSet:
-    """Keep the earlier run's `ok` rows and return their ids; refuse a foreign configuration."""
+def prepare_output(
+    path: Path, fingerprint: str, *, overwrite: bool, output_format: str = "native"
+) -> IdSet:
+    """Keep the earlier run's `ok` rows and return their ids; refuse a foreign configuration,
+    and lines of the other output format (`native` or `openai`): one file, one format."""
     done = IdSet()
     if not path.exists():
         return done
@@ -46,11 +50,18 @@ def prepare_output(path: Path, fingerprint: str, *, overwrite: bool) -> IdSet:
             if record is None:  # a line cut short by a kill: its row runs again
                 dropped += 1
                 continue
+            record, shape = native_view(record)
             if "status" not in record or "id" not in record:
                 scratch.unlink()
                 raise ConfigError(
                     f"{path} line {number} is not a row written by batch: "
                     "choose another --output, or pass --overwrite to replace the file"
+                )
+            if shape != output_format:
+                scratch.unlink()
+                raise ConfigError(
+                    f"{path} holds {shape} rows (line {number}), not {output_format} ones: rerun "
+                    f"with --output-format {shape} to resume, or pass --overwrite to start over"
                 )
             if record.get("config") != fingerprint:
                 scratch.unlink()

@@ -23,7 +23,9 @@ from batch.backends.base import Backend
 from batch.backends.select import open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
+from batch.formats.openai_out import openai_record
 from batch.idset import IdSet
+from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy, RowResult
 from batch.output import OutputWriter, encode_line, prepare_output
 from batch.pool import HostPool
@@ -72,7 +74,12 @@ async def run_job(
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
     done = await anyio.to_thread.run_sync(
-        lambda: prepare_output(config.output_path, stamp, overwrite=config.overwrite)
+        lambda: prepare_output(
+            config.output_path,
+            stamp,
+            overwrite=config.overwrite,
+            output_format=config.output_format,
+        )
     )
     if backends is None:
         backends = open_backends(config)
@@ -83,6 +90,7 @@ async def run_job(
         template=config.template,
         system=config.system,
         format=schema.json_schema if schema else None,
+        images=ImagePolicy(config.input.parent, config.allow_outside_images),
     )
     policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
     run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
@@ -120,6 +128,11 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
+
+    def encode(self, result: RowResult) -> bytes:
+        if self.config.output_format == "openai":
+            return encode_line(openai_record(result, self.stamp))
+        return encode_line(result.as_record(self.stamp))
 
     async def execute(self, *, handle_signals: bool, show: bool) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -196,9 +209,10 @@ class _Run:
                         batch.append(results.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                lines = [self.encode(r) for r in batch]
                 # Shielded: a cancelled run still finishes the write it started.
                 with anyio.CancelScope(shield=True):
-                    await writer.write([encode_line(r.as_record(self.stamp)) for r in batch])
+                    await writer.write(lines)
                 for r in batch:
                     self.stats.count(r)
 
