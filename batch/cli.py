@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["native", "openai"],
         help="native rows (default), or OpenAI Batch output lines (BatchRequestOutput)",
     )
+    add("--ordered", action="store_true", help="write output rows in input order")
     add(
         "--allow-outside-images",
         action="store_true",

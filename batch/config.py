@@ -45,8 +45,9 @@ class JobConfig(BaseModel):
     log_every: float = Field(10.0, gt=0, description="seconds between progress lines in logs")
     # llama.cpp contexts for --host embedded; None: one a core (measured fastest on 2 cores).
     embedded_contexts: int | None = Field(None, ge=1, le=64)
-    # OpenAI Batch files: output lines as OpenAI writes them; image paths.
+    # OpenAI Batch files: output lines as OpenAI writes them, in input order, image paths.
     output_format: Literal["native", "openai"] = "native"
+    ordered: bool = False
     allow_outside_images: bool = False
 
     @field_validator("hosts")
@@ -104,6 +105,7 @@ FLAG_NAMES = {
     "log_every": "--log-every",
     "embedded_contexts": "--embedded-contexts",
     "output_format": "--output-format",
+    "ordered": "--ordered",
     "allow_outside_images": "--allow-outside-images",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names

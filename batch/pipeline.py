@@ -31,6 +31,7 @@ from batch.output import OutputWriter, encode_line, prepare_output
 from batch.pool import HostPool
 from batch.progress import show_progress
 from batch.reader import read_lines
+from batch.reorder import ReorderWindow, sort_by_line
 from batch.rows import Row, RowBuilder, id_key
 from batch.schema import OutputSchema, load_schema
 from batch.summary import RunStats, RunSummary, build_summary, write_summary
@@ -97,6 +98,8 @@ async def run_job(
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
     try:
         await run.execute(handle_signals=handle_signals, show=show)
+        if config.ordered and len(done):  # a rerun appended after the rows it kept
+            await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
         summary = build_summary(
@@ -128,6 +131,17 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
+    window: ReorderWindow | None = None  # with --ordered
+
+    def __post_init__(self) -> None:
+        if self.config.ordered:
+            self.window = ReorderWindow()
+
+    def stop(self) -> None:
+        """Take no new rows."""
+        self.stopping.set()
+        if self.window is not None:
+            self.window.close()
 
     def encode(self, result: RowResult) -> bytes:
         if self.config.output_format == "openai":
@@ -162,6 +176,7 @@ class _Run:
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
         seen = IdSet(len(self.done))
+        seq = 0
         async with send:
             try:
                 async with aclosing(read_lines(self.config.input)) as lines:
@@ -176,12 +191,17 @@ class _Run:
                             elif key in self.done:
                                 self.stats.skipped += 1
                                 continue
+                        row.seq, seq = seq, seq + 1
+                        if self.window is not None:
+                            await self.window.admit(row.seq)
+                            if self.stopping.is_set():
+                                return
                         await send.send(row)
             except anyio.BrokenResourceError:
                 pass  # every labeller has stopped (a signal): nothing left to feed
             except BatchError as exc:  # e.g. a row with no model and no --model
                 self.fatal = exc
-                self.stopping.set()
+                self.stop()
 
     async def _label(
         self, rows: MemoryObjectReceiveStream[Row], results: MemoryObjectSendStream[RowResult]
@@ -194,7 +214,7 @@ class _Run:
                     result = await self.labeller.label(row)
                 except FatalRunError as exc:
                     self.fatal = self.fatal or exc
-                    self.stopping.set()
+                    self.stop()
                     self.work.cancel()
                     return
                 with anyio.CancelScope(shield=True):  # a finished row is never dropped
@@ -210,11 +230,20 @@ class _Run:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 lines = [self.encode(r) for r in batch]
+                if self.window is not None:
+                    lines = [
+                        due
+                        for r, line in zip(batch, lines, strict=True)
+                        for due in self.window.put(r.row.seq, line)
+                    ]
                 # Shielded: a cancelled run still finishes the write it started.
                 with anyio.CancelScope(shield=True):
                     await writer.write(lines)
                 for r in batch:
                     self.stats.count(r)
+            if self.window is not None:  # rows after one a stopped run never finished
+                with anyio.CancelScope(shield=True):
+                    await writer.write(self.window.rest())
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -224,7 +253,7 @@ class _Run:
                     self.work.cancel()
                     return
                 self.stopped_by = signal.Signals(signum).name
-                self.stopping.set()
+                self.stop()
                 grace = self.config.grace_period
                 log.warning(
                     "%s: taking no new rows; in-flight rows get %gs", self.stopped_by, grace
