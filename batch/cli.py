@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--ordered", action="store_true", help="write output rows in input order")
     add(
+        "--errors-file",
+        type=Path,
+        metavar="FILE",
+        help="write failed rows here instead of the output (rewritten by every run)",
+    )
+    add(
         "--allow-outside-images",
         action="store_true",
         help="let rows read image files outside the input file's folder",

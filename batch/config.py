@@ -49,6 +49,7 @@ class JobConfig(BaseModel):
     output_format: Literal["native", "openai"] = "native"
     ordered: bool = False
     allow_outside_images: bool = False
+    errors_file: Path | None = None  # failed rows go here instead of the output, as OpenAI does
 
     @field_validator("hosts")
     @classmethod
@@ -107,9 +108,10 @@ FLAG_NAMES = {
     "output_format": "--output-format",
     "ordered": "--ordered",
     "allow_outside_images": "--allow-outside-images",
+    "errors_file": "--errors-file",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary")
+PATH_KEYS = ("output", "summary", "errors_file")
 
 
 def load_config(

@@ -94,16 +94,23 @@ def _read_record(raw: bytes) -> dict[str, Any] | None:
 
 
 class OutputWriter:
-    """The only owner of the output file. Appends whole lines; fsyncs on close."""
+    """The only owner of the output file. Appends whole lines; fsyncs on close.
 
-    def __init__(self, path: Path) -> None:
+    `lazy`: the file is created by the first line written, not before (an errors file)."""
+
+    def __init__(self, path: Path, *, lazy: bool = False) -> None:
         self._path = path
+        self._lazy = lazy
         self._file: AsyncFileIO | None = None
 
     async def __aenter__(self) -> OutputWriter:
+        if not self._lazy:
+            await self._open()
+        return self
+
+    async def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._file = await aiofiles.open(self._path, "ab", buffering=0)
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._file is not None:
@@ -112,6 +119,10 @@ class OutputWriter:
                 await self._file.close()
 
     async def write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if self._file is None and self._lazy:
+            await self._open()
         assert self._file is not None, "use OutputWriter as an async context manager"
         data = memoryview(b"".join(lines))
         while data:  # an unbuffered write may be short

@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 from collections.abc import Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -71,6 +72,11 @@ async def run_job(
         raise ConfigError(f"input file {config.input} does not exist")
     if config.output_path.resolve() == config.input.resolve():
         raise ConfigError(f"the output would overwrite the input {config.input}: change --output")
+    if config.errors_file and config.errors_file.resolve() in (
+        config.input.resolve(),
+        config.output_path.resolve(),
+    ):
+        raise ConfigError(f"--errors-file {config.errors_file} must differ from input and output")
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
@@ -82,6 +88,9 @@ async def run_job(
             output_format=config.output_format,
         )
     )
+    if (errors_file := config.errors_file) is not None:
+        # It lists the failures of the latest run; a rerun tries them again.
+        await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     if backends is None:
         backends = open_backends(config)
     pool = HostPool(backends, config.concurrency)
@@ -111,6 +120,7 @@ async def run_job(
             model=config.model,
             fatal=str(run.fatal) if run.fatal else None,
             stopped_by=run.stopped_by,
+            errors_path=config.errors_file,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -131,11 +141,11 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
-    window: ReorderWindow | None = None  # with --ordered
+    window: ReorderWindow[tuple[bytes, bool]] | None = None  # with --ordered
 
     def __post_init__(self) -> None:
         if self.config.ordered:
-            self.window = ReorderWindow()
+            self.window = ReorderWindow[tuple[bytes, bool]]()
 
     def stop(self) -> None:
         """Take no new rows."""
@@ -221,7 +231,13 @@ class _Run:
                     await results.send(result)
 
     async def _write(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
-        async with results, OutputWriter(self.config.output_path) as writer:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(results)
+            output = await stack.enter_async_context(OutputWriter(self.config.output_path))
+            errors = output
+            if self.config.errors_file is not None:
+                errors_writer = OutputWriter(self.config.errors_file, lazy=True)
+                errors = await stack.enter_async_context(errors_writer)
             async for result in results:
                 batch = [result]
                 while len(batch) < WRITE_BATCH:
@@ -229,21 +245,18 @@ class _Run:
                         batch.append(results.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                lines = [self.encode(r) for r in batch]
+                items = [(self.encode(r), r.failure is not None) for r in batch]
                 if self.window is not None:
-                    lines = [
+                    items = [
                         due
-                        for r, line in zip(batch, lines, strict=True)
-                        for due in self.window.put(r.row.seq, line)
+                        for r, item in zip(batch, items, strict=True)
+                        for due in self.window.put(r.row.seq, item)
                     ]
-                # Shielded: a cancelled run still finishes the write it started.
-                with anyio.CancelScope(shield=True):
-                    await writer.write(lines)
+                await _emit(output, errors, items)
                 for r in batch:
                     self.stats.count(r)
             if self.window is not None:  # rows after one a stopped run never finished
-                with anyio.CancelScope(shield=True):
-                    await writer.write(self.window.rest())
+                await _emit(output, errors, self.window.rest())
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -259,6 +272,19 @@ class _Run:
                     "%s: taking no new rows; in-flight rows get %gs", self.stopped_by, grace
                 )
                 self.work.deadline = anyio.current_time() + grace
+
+
+async def _emit(
+    output: OutputWriter, errors: OutputWriter, items: list[tuple[bytes, bool]]
+) -> None:
+    """Write (line, failed) items: failed ones to `errors` when that is a file of its own."""
+    # Shielded: a cancelled run still finishes the write it started.
+    with anyio.CancelScope(shield=True):
+        if errors is output:
+            await output.write([line for line, _ in items])
+        else:
+            await output.write([line for line, failed in items if not failed])
+            await errors.write([line for line, failed in items if failed])
 
 
 def _duplicate(row: Row) -> BadInput:

@@ -17,23 +17,24 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from batch.formats.openai_out import native_view
 
+T = TypeVar("T")
 WINDOW = 1024  # rows; a held line is its output line only (a row's images are not kept)
 
 
-class ReorderWindow:
+class ReorderWindow(Generic[T]):
     def __init__(self, size: int | None = None) -> None:
         size = WINDOW if size is None else size
         if size < 1:
             raise ValueError("the reorder window needs room for at least one row")
         self._size = size
         self._next = 0  # the seq of the next line to write
-        self._held: dict[int, bytes] = {}
+        self._held: dict[int, T] = {}
         self._moved = anyio.Event()
         self._closed = False
 
@@ -50,10 +51,10 @@ class ReorderWindow:
         self._closed = True
         self._moved.set()
 
-    def put(self, seq: int, line: bytes) -> list[bytes]:
-        """Hold `line`; return the lines now due, in input order."""
-        self._held[seq] = line
-        due: list[bytes] = []
+    def put(self, seq: int, item: T) -> list[T]:
+        """Hold `item` (a row's output line); return the items now due, in input order."""
+        self._held[seq] = item
+        due: list[T] = []
         while (ready := self._held.pop(self._next, None)) is not None:
             due.append(ready)
             self._next += 1
@@ -62,7 +63,7 @@ class ReorderWindow:
             self._moved = anyio.Event()
         return due
 
-    def rest(self) -> list[bytes]:
+    def rest(self) -> list[T]:
         """What is still held (rows after one that never finished: a stopped run), in order."""
         lines = [self._held[seq] for seq in sorted(self._held)]
         self._held.clear()

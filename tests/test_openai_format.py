@@ -419,3 +419,26 @@ def test_a_native_row_may_have_a_body_field() -> None:
     row = build({"id": 1, "body": "the email"}, builder)
     assert row.failure is None
     assert row.request.messages[-1]["content"] == "Summarise: the email"
+
+
+def test_failures_can_go_to_an_errors_file_as_openai_does(
+    server: FakeOllama, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [request(f"r{i}", messages=[{"role": "user", "content": f"row {i}"}]) for i in range(5)]
+    path = write_jsonl(tmp_path / "requests.jsonl", rows)
+    errors = tmp_path / "errors.jsonl"
+    argv = ["--model", "llava", "--output-format", "openai", "--ordered", "--errors-file"]
+    server.add_fault(Fault("crash", match="row 1", times=None))
+    assert run(path, server.url, *argv, str(errors), "--max-attempts", "1") == 1
+    assert 'see rows with "status": "error" in ' + str(errors) in capsys.readouterr().err
+    output = read_jsonl(tmp_path / "requests.out.jsonl")
+    assert [r["custom_id"] for r in output] == ["r0", "r2", "r3", "r4"]
+    [failed] = read_jsonl(errors)
+    assert failed["custom_id"] == "r1" and failed["response"] is None
+    assert failed["error"]["code"] == "http"
+
+    server.clear_faults()
+    assert run(path, server.url, *argv, str(errors)) == 0
+    assert not errors.exists()  # the latest run had no failures
+    output = read_jsonl(tmp_path / "requests.out.jsonl")
+    assert [r["custom_id"] for r in output] == ["r0", "r1", "r2", "r3", "r4"]

@@ -151,7 +151,7 @@ async def test_a_stopped_run_keeps_rows_finished_after_a_gap(tmp_path: Path) -> 
 
 
 async def test_the_window_admits_only_what_it_can_hold() -> None:
-    window = ReorderWindow(3)
+    window = ReorderWindow[bytes](3)
     for seq in range(3):
         await window.admit(seq)
     assert not window.has_room(3)
