@@ -178,9 +178,13 @@ class RowBuilder:
 
 
 def is_openai_request(data: dict[str, Any]) -> bool:
-    """An OpenAI Batch request line: `{"custom_id", "method", "url", "body"}`. A native row may
-    have a `body` field (template data), but never `body` with `url` or `method`."""
-    return "body" in data and ("url" in data or "method" in data)
+    """An OpenAI Batch request line: `{"custom_id", "method", "url", "body"}`. Native rows may
+    carry `body` and `url` as template data (a scraped page and its address), so it takes
+    `body` with `method`, or with an API path as `url`."""
+    url = data.get("url")
+    return "body" in data and (
+        "method" in data or (isinstance(url, str) and url.startswith("/v1/"))
+    )
 
 
 def _article(kind: str) -> str:

@@ -414,11 +414,11 @@ def test_the_first_row_decides_the_files_kind() -> None:
     assert mixed.failure is not None and "is an OpenAI Batch row, but" in mixed.failure.message
 
 
-def test_a_native_row_may_have_a_body_field() -> None:
-    builder = RowBuilder(model="m", options={}, template="Summarise: {body}")
-    row = build({"id": 1, "body": "the email"}, builder)
+def test_a_native_row_may_have_body_and_url_fields() -> None:
+    builder = RowBuilder(model="m", options={}, template="Summarise {url}: {body}")
+    row = build({"id": 1, "url": "https://e.com/a", "body": "the page"}, builder)
     assert row.failure is None
-    assert row.request.messages[-1]["content"] == "Summarise: the email"
+    assert row.request.messages[-1]["content"] == "Summarise https://e.com/a: the page"
 
 
 def test_failures_can_go_to_an_errors_file_as_openai_does(
@@ -462,3 +462,18 @@ def test_an_openai_batch_file_runs_unchanged_on_the_embedded_model(tmp_path: Pat
     assert set(json.loads(results["o01"]["content"])) == {"item", "quantity", "city"}
     assert results["o01"]["model"] == "gemma3:270m"
     assert "cannot see this row's images" in results["vision"]["failed"]
+
+
+def test_the_new_settings_come_from_environment_and_job_file(tmp_path: Path) -> None:
+    from batch.config import load_config
+
+    job = tmp_path / "jobs" / "batch.toml"
+    job.parent.mkdir()
+    job.write_text('output_format = "openai"\nerrors_file = "errors.jsonl"\n')
+    environ = {"BATCH_ORDERED": "1", "BATCH_ALLOW_OUTSIDE_IMAGES": "true"}
+    config = load_config({"input": str(tmp_path / "jobs" / "in.jsonl")}, environ)
+    assert config.output_format == "openai"
+    assert config.errors_file == tmp_path / "jobs" / "errors.jsonl"  # beside the job file
+    assert config.ordered and config.allow_outside_images
+    with pytest.raises(ConfigError, match="--output-format"):
+        load_config({"input": "in.jsonl", "output_format": "xml"}, {})
