@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from batch.cli import main
@@ -122,3 +123,11 @@ def test_a_symlink_out_of_the_folder_is_outside_too(job: Path) -> None:
 def test_an_extensionless_name_that_is_valid_base64_is_still_a_path(job: Path) -> None:
     (job / "abcd").write_bytes(PNG)  # "abcd" decodes as base64, but not to an image
     assert load_image(ImageRef("abcd", "images[0]", ImagePolicy(job)), 1) == PNG
+
+
+def test_the_fake_server_refuses_images_that_are_not_base64(server: FakeOllama) -> None:
+    message = {"role": "user", "content": "x", "images": ["cat.png"]}
+    body = {"model": "llava", "stream": False, "messages": [message]}
+    response = httpx.post(server.url + "/api/chat", json=body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "illegal base64 data at input byte 3"}

@@ -177,8 +177,13 @@ def _check_images(struct: str, images: Any) -> str | None:
         try:
             base64.b64decode(image, validate=True)
         except binascii.Error:
-            return "illegal base64 data at input byte 0"
+            # Go names the offset of the first byte it could not use.
+            bad = next((i for i, ch in enumerate(image) if ch not in _BASE64), len(image))
+            return f"illegal base64 data at input byte {bad}"
     return None
+
+
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 def full_name(model: str) -> str:
