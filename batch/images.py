@@ -134,8 +134,8 @@ def _from_file(ref: ImageRef, line: int, path: Path) -> bytes:
         data = target.read_bytes()
     except FileNotFoundError:
         raise BadInput(
-            f"line {line}: {ref.where} {ref.value!r} is no file in the job's folder "
-            f"(nor a data: URL, nor base64 of a {KINDS} image)"
+            f"line {line}: {ref.where} {ref.value!r}: no such file (paths are relative to the "
+            f"input file's folder), nor a data: URL, nor base64 of a {KINDS} image"
         ) from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

@@ -95,7 +95,7 @@ def test_an_image_that_cannot_be_read_fails_only_its_row(server: FakeOllama, job
     assert out["fine"]["status"] == "ok"
     messages = {i: r["error"]["message"] for i, r in out.items() if r["status"] == "error"}
     assert {r["error"]["type"] for i, r in out.items() if i != "fine"} == {"bad_input"}
-    assert "images[0] 'nope.png' is no file in the job's folder" in messages["missing"]
+    assert "images[0] 'nope.png': no such file" in messages["missing"]
     assert "is outside the job's folder" in messages["outside"]
     assert "--allow-outside-images" in messages["absolute"]
     assert "Ollama cannot fetch" in messages["web"]
