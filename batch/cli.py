@@ -89,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --host embedded: llama.cpp contexts, each serving one row at a time "
         "(default: one a core)",
     )
+    add(
+        "--output-format",
+        choices=["native", "openai"],
+        help="native rows (default), or OpenAI Batch output lines (BatchRequestOutput)",
+    )
+    add("--ordered", action="store_true", help="write output rows in input order")
+    add(
+        "--errors-file",
+        type=Path,
+        metavar="FILE",
+        help="write failed rows here instead of the output (rewritten by every run)",
+    )
+    add(
+        "--allow-outside-images",
+        action="store_true",
+        help="let rows read image files outside the input file's folder",
+    )
     add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
     add("-q", "--quiet", action="store_true", help="no progress display")
     run.add_argument(

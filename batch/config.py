@@ -9,7 +9,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -45,6 +45,11 @@ class JobConfig(BaseModel):
     log_every: float = Field(10.0, gt=0, description="seconds between progress lines in logs")
     # llama.cpp contexts for --host embedded; None: one a core (measured fastest on 2 cores).
     embedded_contexts: int | None = Field(None, ge=1, le=64)
+    # OpenAI Batch files: output lines as OpenAI writes them, in input order, image paths.
+    output_format: Literal["native", "openai"] = "native"
+    ordered: bool = False
+    allow_outside_images: bool = False
+    errors_file: Path | None = None  # failed rows go here instead of the output, as OpenAI does
 
     @field_validator("hosts")
     @classmethod
@@ -100,9 +105,13 @@ FLAG_NAMES = {
     "quiet": "--quiet",
     "log_every": "--log-every",
     "embedded_contexts": "--embedded-contexts",
+    "output_format": "--output-format",
+    "ordered": "--ordered",
+    "allow_outside_images": "--allow-outside-images",
+    "errors_file": "--errors-file",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary")
+PATH_KEYS = ("output", "summary", "errors_file")
 
 
 def load_config(

@@ -18,7 +18,8 @@ from tenacity import (
 )
 
 from batch.backends.base import ChatRequest, Completion, Usage
-from batch.errors import FatalRunError, InvalidOutput, Retryable, RowFailure, Transient
+from batch.errors import BadInput, FatalRunError, InvalidOutput, Retryable, RowFailure, Transient
+from batch.images import attach_images, has_images
 from batch.pool import HostPool
 from batch.rows import Row
 from batch.schema import OutputSchema
@@ -38,6 +39,7 @@ class RowResult:
     done_reason: str | None = None
     durations_ns: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    content: str | None = None  # the accepted reply as the model wrote it
 
     def as_record(self, fingerprint: str) -> dict[str, Any]:
         request = self.row.request
@@ -92,6 +94,13 @@ class Labeller:
             return result
         started = time.monotonic()
         base = request = row.request
+        schema = row.schema if row.own_schema else self._schema
+        if has_images(base):
+            try:  # read here, not when the row is built: only rows in flight hold images
+                base = request = await attach_images(base, row.line)
+            except BadInput as failure:
+                result.failure = failure
+                return result
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_attempts),
             wait=self._policy.wait,
@@ -107,7 +116,7 @@ class Labeller:
                         result.retries.append(result.failure.cause)
                     result.attempts += 1
                     try:
-                        result.output = await self._attempt(request, result)
+                        result.output = await self._attempt(request, result, schema)
                         result.failure = None
                     except InvalidOutput as bad:
                         # Re-ask with the reason; only the latest bad reply, to spare the context.
@@ -133,13 +142,16 @@ class Labeller:
         result.elapsed_s = time.monotonic() - started
         return result
 
-    async def _attempt(self, request: ChatRequest, result: RowResult) -> Any:
+    async def _attempt(
+        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
+    ) -> Any:
         completion, host = await self._pool.chat(request)
         result.host = host
         result.usage.add(completion.usage)
         result.done_reason = completion.done_reason
         result.durations_ns = _summed(result.durations_ns, completion)
-        if self._schema is None:
+        result.content = completion.content
+        if schema is None:
             return completion.content
         if completion.done_reason == "length":
             raise InvalidOutput(
@@ -149,7 +161,7 @@ class Labeller:
                 raw=completion.content,
                 feedback="Your reply was cut off. Reply again with a shorter JSON object.",
             )
-        return self._schema.validate(completion.content)
+        return schema.validate(completion.content)
 
 
 def _log_retry(row: Row, state: RetryCallState) -> None:

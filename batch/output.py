@@ -21,6 +21,7 @@ import anyio
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from batch.errors import ConfigError
+from batch.formats.openai_out import native_view
 from batch.idset import IdSet
 from batch.reader import LineCountGuess
 from batch.rows import id_key
@@ -32,8 +33,11 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-def prepare_output(path: Path, fingerprint: str, *, overwrite: bool) -> IdSet:
-    """Keep the earlier run's `ok` rows and return their ids; refuse a foreign configuration."""
+def prepare_output(
+    path: Path, fingerprint: str, *, overwrite: bool, output_format: str = "native"
+) -> IdSet:
+    """Keep the earlier run's `ok` rows and return their ids; refuse a foreign configuration,
+    and lines of the other output format (`native` or `openai`): one file, one format."""
     done = IdSet()
     if not path.exists():
         return done
@@ -47,9 +51,9 @@ def prepare_output(path: Path, fingerprint: str, *, overwrite: bool) -> IdSet:
         for number, raw in enumerate(source, start=1):
             if guess.pending and (expected := guess.after(raw)):
                 done.reserve(expected)
-            key = _ok_key_at_a_glance(raw, tail)
+            key = _ok_key_at_a_glance(raw, tail) if output_format == "native" else None
             if key is None:
-                key = _ok_key(path, number, raw, fingerprint)
+                key = _ok_key(path, number, raw, fingerprint, output_format)
             if key is None or not done.add(key):
                 dropped.append(number)
     if dropped:
@@ -76,16 +80,25 @@ def _ok_key_at_a_glance(raw: bytes, tail: bytes) -> str | None:
     return id_key(row_id) if isinstance(row_id, str | int) else None
 
 
-def _ok_key(path: Path, number: int, raw: bytes, fingerprint: str) -> str | None:
+def _ok_key(
+    path: Path, number: int, raw: bytes, fingerprint: str, output_format: str
+) -> str | None:
     """The id key of an `ok` line; None for a row to run again (failed, or cut short by a kill).
-    Raises `ConfigError` for a line batch did not write, or wrote under other settings."""
+    Raises `ConfigError` for a line batch did not write, or wrote under other settings or in
+    the other output format."""
     record = _read_record(raw)
     if record is None:  # a line cut short by a kill: its row runs again
         return None
+    record, shape = native_view(record)
     if "status" not in record or "id" not in record:
         raise ConfigError(
             f"{path} line {number} is not a row written by batch: "
             "choose another --output, or pass --overwrite to replace the file"
+        )
+    if shape != output_format:
+        raise ConfigError(
+            f"{path} holds {shape} rows (line {number}), not {output_format} ones: rerun "
+            f"with --output-format {shape} to resume, or pass --overwrite to start over"
         )
     if record.get("config") != fingerprint:
         raise ConfigError(
@@ -122,16 +135,23 @@ def _leave_out(path: Path, dropped: array[int]) -> None:
 
 
 class OutputWriter:
-    """The only owner of the output file. Appends whole lines; fsyncs on close."""
+    """The only owner of the output file. Appends whole lines; fsyncs on close.
 
-    def __init__(self, path: Path) -> None:
+    `lazy`: the file is created by the first line written, not before (an errors file)."""
+
+    def __init__(self, path: Path, *, lazy: bool = False) -> None:
         self._path = path
+        self._lazy = lazy
         self._file: AsyncFileIO | None = None
 
     async def __aenter__(self) -> OutputWriter:
+        if not self._lazy:
+            await self._open()
+        return self
+
+    async def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._file = await aiofiles.open(self._path, "ab", buffering=0)
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._file is not None:
@@ -140,6 +160,10 @@ class OutputWriter:
                 await self._file.close()
 
     async def write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if self._file is None and self._lazy:
+            await self._open()
         assert self._file is not None, "use OutputWriter as an async context manager"
         data = memoryview(b"".join(lines))
         while data:  # an unbuffered write may be short

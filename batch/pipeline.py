@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 from collections.abc import Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -23,13 +24,16 @@ from batch.backends.base import Backend
 from batch.backends.select import open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
+from batch.formats.openai_out import openai_record
 from batch.idset import IdSet, Sighting
+from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy, RowResult
 from batch.output import OutputWriter, encode_line, prepare_output
 from batch.pool import HostPool
 from batch.progress import show_progress
 from batch.reader import LineCountGuess, read_lines
-from batch.rows import Row, RowBuilder, id_key, peek_id
+from batch.reorder import ReorderWindow, sort_by_line
+from batch.rows import Row, RowBuilder, id_key
 from batch.schema import OutputSchema, load_schema
 from batch.summary import RunStats, RunSummary, build_summary, write_summary
 
@@ -68,12 +72,26 @@ async def run_job(
         raise ConfigError(f"input file {config.input} does not exist")
     if config.output_path.resolve() == config.input.resolve():
         raise ConfigError(f"the output would overwrite the input {config.input}: change --output")
+    if config.errors_file and config.errors_file.resolve() in (
+        config.input.resolve(),
+        config.output_path.resolve(),
+    ):
+        raise ConfigError(f"--errors-file {config.errors_file} must differ from input and output")
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     stamp = fingerprint(config, schema)
     done = await anyio.to_thread.run_sync(
-        lambda: prepare_output(config.output_path, stamp, overwrite=config.overwrite)
+        lambda: prepare_output(
+            config.output_path,
+            stamp,
+            overwrite=config.overwrite,
+            output_format=config.output_format,
+        )
     )
+    resumed = len(done) > 0  # the table fills with this run's ids from here on
+    if (errors_file := config.errors_file) is not None:
+        # It lists the failures of the latest run; a rerun tries them again.
+        await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     if backends is None:
         backends = open_backends(config)
     pool = HostPool(backends, config.concurrency)
@@ -83,12 +101,15 @@ async def run_job(
         template=config.template,
         system=config.system,
         format=schema.json_schema if schema else None,
+        images=ImagePolicy(config.input.parent, config.allow_outside_images),
     )
     policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
     run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
     try:
         await run.execute(handle_signals=handle_signals, show=show)
+        if config.ordered and resumed:  # a rerun appended after the rows it kept
+            await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
         summary = build_summary(
@@ -100,6 +121,7 @@ async def run_job(
             model=config.model,
             fatal=str(run.fatal) if run.fatal else None,
             stopped_by=run.stopped_by,
+            errors_path=config.errors_file,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -120,6 +142,22 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
+    window: ReorderWindow[tuple[bytes, bool]] | None = None  # with --ordered
+
+    def __post_init__(self) -> None:
+        if self.config.ordered:
+            self.window = ReorderWindow[tuple[bytes, bool]]()
+
+    def stop(self) -> None:
+        """Take no new rows."""
+        self.stopping.set()
+        if self.window is not None:
+            self.window.close()
+
+    def encode(self, result: RowResult) -> bytes:
+        if self.config.output_format == "openai":
+            return encode_line(openai_record(result, self.stamp))
+        return encode_line(result.as_record(self.stamp))
 
     async def execute(self, *, handle_signals: bool, show: bool) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -150,6 +188,7 @@ class _Run:
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
         resuming = len(self.ids) > 0
         sizer = LineCountGuess(self.config.input)
+        seq = 0
         async with send:
             try:
                 async with aclosing(read_lines(self.config.input)) as lines:
@@ -159,7 +198,7 @@ class _Run:
                         if sizer.pending and (guess := sizer.after(raw)):
                             self.ids.reserve(guess)
                         sighting = None
-                        if resuming and (given := peek_id(raw)) is not None:
+                        if resuming and (given := self.builder.peek_id(number, raw)) is not None:
                             sighting = self.ids.sight(id_key(given))
                             if sighting is Sighting.DONE:
                                 self.stats.skipped += 1
@@ -169,12 +208,17 @@ class _Run:
                             sighting = sighting or self.ids.sight(id_key(row.id))
                             if sighting is Sighting.REPEAT:
                                 row.request, row.failure = None, _duplicate(row)
+                        row.seq, seq = seq, seq + 1
+                        if self.window is not None:
+                            await self.window.admit(row.seq)
+                            if self.stopping.is_set():
+                                return
                         await send.send(row)
             except anyio.BrokenResourceError:
                 pass  # every labeller has stopped (a signal): nothing left to feed
             except BatchError as exc:  # e.g. a row with no model and no --model
                 self.fatal = exc
-                self.stopping.set()
+                self.stop()
 
     async def _label(
         self, rows: MemoryObjectReceiveStream[Row], results: MemoryObjectSendStream[RowResult]
@@ -187,14 +231,20 @@ class _Run:
                     result = await self.labeller.label(row)
                 except FatalRunError as exc:
                     self.fatal = self.fatal or exc
-                    self.stopping.set()
+                    self.stop()
                     self.work.cancel()
                     return
                 with anyio.CancelScope(shield=True):  # a finished row is never dropped
                     await results.send(result)
 
     async def _write(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
-        async with results, OutputWriter(self.config.output_path) as writer:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(results)
+            output = await stack.enter_async_context(OutputWriter(self.config.output_path))
+            errors = output
+            if self.config.errors_file is not None:
+                errors_writer = OutputWriter(self.config.errors_file, lazy=True)
+                errors = await stack.enter_async_context(errors_writer)
             async for result in results:
                 batch = [result]
                 while len(batch) < WRITE_BATCH:
@@ -202,11 +252,18 @@ class _Run:
                         batch.append(results.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                # Shielded: a cancelled run still finishes the write it started.
-                with anyio.CancelScope(shield=True):
-                    await writer.write([encode_line(r.as_record(self.stamp)) for r in batch])
+                items = [(self.encode(r), r.failure is not None) for r in batch]
+                if self.window is not None:
+                    items = [
+                        due
+                        for r, item in zip(batch, items, strict=True)
+                        for due in self.window.put(r.row.seq, item)
+                    ]
+                await _emit(output, errors, items)
                 for r in batch:
                     self.stats.count(r)
+            if self.window is not None:  # rows after one a stopped run never finished
+                await _emit(output, errors, self.window.rest())
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -216,12 +273,25 @@ class _Run:
                     self.work.cancel()
                     return
                 self.stopped_by = signal.Signals(signum).name
-                self.stopping.set()
+                self.stop()
                 grace = self.config.grace_period
                 log.warning(
                     "%s: taking no new rows; in-flight rows get %gs", self.stopped_by, grace
                 )
                 self.work.deadline = anyio.current_time() + grace
+
+
+async def _emit(
+    output: OutputWriter, errors: OutputWriter, items: list[tuple[bytes, bool]]
+) -> None:
+    """Write (line, failed) items: failed ones to `errors` when that is a file of its own."""
+    # Shielded: a cancelled run still finishes the write it started.
+    with anyio.CancelScope(shield=True):
+        if errors is output:
+            await output.write([line for line, _ in items])
+        else:
+            await output.write([line for line, failed in items if not failed])
+            await errors.write([line for line, failed in items if failed])
 
 
 def _duplicate(row: Row) -> BadInput:

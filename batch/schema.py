@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,9 +121,27 @@ def _load_json_schema(path: Path) -> JsonSchemaFile:
         raise ConfigError(f"schema file {path} is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"schema file {path} must hold a JSON object (a JSON Schema)")
-    validator_class = jsonschema.validators.validator_for(schema)
     try:
-        validator_class.check_schema(schema)
+        return compile_json_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ConfigError(f"schema file {path} is not a valid JSON Schema: {exc.message}") from None
+
+
+def compile_json_schema(schema: JsonSchema) -> JsonSchemaFile:
+    """A validator for `schema`; raises `jsonschema.SchemaError` when it is no valid schema."""
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
     return JsonSchemaFile(schema, validator_class(schema))
+
+
+@dataclass(frozen=True)
+class AnyJsonObject:
+    """OpenAI's `json_object` mode: any JSON object is a valid reply."""
+
+    json_schema: JsonSchema = field(default_factory=lambda: {"type": "object"})
+
+    def validate(self, content: str) -> Any:
+        value = parse_json(content)
+        if not isinstance(value, dict):
+            raise schema_violation(content, "(root): the reply must be a JSON object")
+        return value

@@ -80,12 +80,14 @@ def build_summary(
     model: str | None,
     fatal: str | None,
     stopped_by: str | None,
+    errors_path: Path | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
     record: dict[str, Any] = {
         "input": str(input_path),
         "output": str(output_path),
+        "errors_file": str(errors_path) if errors_path else None,
         "config": fingerprint,
         "model": model,
         "hosts": hosts,
@@ -135,7 +137,8 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
     ]
     if r["errors_by_type"]:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(r["errors_by_type"].items()))
-        lines.append(f'failures: {kinds}; see rows with "status": "error" in {r["output"]}')
+        where = r.get("errors_file") or r["output"]
+        lines.append(f'failures: {kinds}; see rows with "status": "error" in {where}')
     if summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:

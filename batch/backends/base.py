@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 JsonSchema = dict[str, Any]
+# Ollama's `format`: a JSON Schema, or "json" for any JSON (OpenAI's `json_object` mode).
+Format = JsonSchema | Literal["json"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
     messages: list[dict[str, Any]]
-    format: JsonSchema | None = None
+    format: Format | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 

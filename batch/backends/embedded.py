@@ -112,6 +112,12 @@ class EmbeddedBackend:
                 f"the embedded backend runs {self._model_name!r} only; "
                 f"a row asks for {request.model!r}"
             )
+        if any(message.get("images") for message in request.messages):
+            # llama.cpp's text chat formats would drop the images and answer without them.
+            raise Rejected(
+                f"{self.name} runs text-only models and cannot see this row's images: "
+                "run vision rows on Ollama with a vision model"
+            )
         await self._ensure_loaded()
         assert self._available is not None
         queued = time.perf_counter_ns()

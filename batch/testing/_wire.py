@@ -3,6 +3,8 @@ server (gin + encoding/json) spells them."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -158,7 +160,30 @@ def check_fields(body: dict[str, Any], struct: str) -> str | None:
                 value = message.get(field)
                 if value is not None and not isinstance(value, str):
                     return _field_error(struct, f"messages.{field}", value, "string")
+            if (problem := _check_images(struct, message.get("images"))) is not None:
+                return problem
     return None
+
+
+def _check_images(struct: str, images: Any) -> str | None:
+    """Go decodes `images` ([]ImageData, i.e. [][]byte) from standard base64 strings."""
+    if images is None:
+        return None
+    if not isinstance(images, list):
+        return _field_error(struct, "messages.images", images, "[]api.ImageData")
+    for image in images:
+        if not isinstance(image, str):
+            return _field_error(struct, "messages.images", image, "api.ImageData")
+        try:
+            base64.b64decode(image, validate=True)
+        except binascii.Error:
+            # Go names the offset of the first byte it could not use.
+            bad = next((i for i, ch in enumerate(image) if ch not in _BASE64), len(image))
+            return f"illegal base64 data at input byte {bad}"
+    return None
+
+
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 def full_name(model: str) -> str:

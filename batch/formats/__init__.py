@@ -1,0 +1,1 @@
+"""Formats other tools write and read: OpenAI Batch request lines in, `BatchRequestOutput` out."""
