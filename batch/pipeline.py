@@ -15,6 +15,7 @@ import signal
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -40,13 +41,15 @@ WRITE_BATCH = 256  # lines gathered into one write when rows complete faster tha
 
 def fingerprint(config: JobConfig, schema: OutputSchema | None) -> str:
     """Names the settings that shape a label; rows from different settings never mix."""
-    shaping = {
+    shaping: dict[str, Any] = {
         "model": config.model,
         "schema": schema.json_schema if schema else None,
         "template": config.template,
         "system": config.system,
         "options": config.options,
     }
+    if config.think is not None:  # only when set, so that earlier outputs keep their stamp
+        shaping["think"] = config.think
     canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
