@@ -96,7 +96,11 @@ def parse_headers(raw: Any) -> Headers:
 def _parse_header_flag(text: str) -> tuple[str, str, str]:
     match = _HEADER_FLAG.match(text.strip())
     if match is None:
-        raise ValueError(f"--header {text!r}: write it as 'NAME: VALUE' or 'HOST_URL NAME: VALUE'")
+        # Quote only the start: the rest may be the secret the user meant as the value.
+        start = re.split(r"[\s:]", text.strip(), maxsplit=1)[0]
+        raise ValueError(
+            f"--header {start!r}...: write it as 'NAME: VALUE' or 'HOST_URL NAME: VALUE'"
+        )
     host, name, value = match.groups()
     return (host_key(host) if host else EVERY_HOST), name, value.strip()
 

@@ -44,6 +44,12 @@ def test_bad_header_flags(flag: str) -> None:
         parse_headers([flag])
 
 
+def test_a_malformed_header_flag_is_not_echoed_whole() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_headers(["X-Token s3cret-value"])  # the colon forgotten
+    assert "X-Token" in str(info.value) and "s3cret" not in str(info.value)
+
+
 def test_headers_merge_from_file_environment_and_flags(tmp_path: Path) -> None:
     rows = tmp_path / "in.jsonl"
     rows.write_text("")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,10 @@ def connect(host: str, access: AccessSettings) -> Connection:
     credentials = [f"header {h}" for h in headers if h.lower() != "authorization"]
     if any(h.lower() == "authorization" for h in headers):
         credentials.insert(0, "the Authorization header given for it")
-    elif access.api_key:
-        headers["Authorization"] = f"Bearer {access.api_key}"
-        secrets.append(access.api_key)
+    elif api_key := access.api_key or os.environ.get("OLLAMA_API_KEY"):
+        # Sent explicitly; the ollama client would add the variable's value on its own anyway.
+        headers["Authorization"] = f"Bearer {api_key}"
+        secrets.append(api_key)
         credentials.insert(0, "the OLLAMA_API_KEY token")
     kwargs: dict[str, Any] = {"headers": headers, "verify": _verify(name, access)}
     if user is not None or password is not None:

@@ -156,6 +156,10 @@ class OllamaBackend:
             if (tls := tls_failure(exc)) is not None:
                 raise FatalRunError(self._redact(describe_tls_failure(self._name, tls))) from None
             raise Transient("connect", f"cannot connect to {self._name}") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+            raise FatalRunError(
+                f"cannot send to {self._name}: write --host as http://HOST:PORT or https://..."
+            ) from None
         except httpx.ProxyError as exc:
             if str(exc).startswith("407"):  # the tunnel was refused: every row would be
                 raise FatalRunError(self._proxy_refused()) from None
