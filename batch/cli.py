@@ -106,6 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let rows read image files outside the input file's folder",
     )
+    # Production setups: credentials, TLS, proxies, the model's life (README "Production setups").
+    add(
+        "--header",
+        dest="headers",
+        action="append",
+        metavar="'[HOST_URL ]NAME: VALUE'",
+        help="HTTP header for every host, or for one host; repeatable. Keep secrets in "
+        "BATCH_HEADERS or the job file: flags show in `ps`. The API key is OLLAMA_API_KEY",
+    )
+    add("--ca-bundle", type=Path, metavar="FILE", help="PEM file of the CAs to trust for https")
+    add("--insecure", action="store_true", help="do not verify TLS certificates (warns)")
+    add(
+        "--proxy",
+        metavar="URL",
+        help="proxy for every host, loopback included (default: HTTP(S)_PROXY, never loopback)",
+    )
+    add(
+        "--keep-alive",
+        metavar="DURATION",
+        help="keep_alive sent with each request, e.g. 1h or -1 (default: 30m during the run, "
+        "then the server's default)",
+    )
+    add(
+        "--think",
+        choices=["auto", "on", "off", "low", "medium", "high"],
+        help="thinking for thinking models (default auto: off when a schema is set)",
+    )
     add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
     add("-q", "--quiet", action="store_true", help="no progress display")
     run.add_argument(

@@ -11,8 +11,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from batch.access import (
+    Headers,
+    ThinkSetting,
+    check_header_hosts,
+    keep_alive_value,
+    merge_headers,
+    parse_headers,
+    parse_think,
+    redacted_host,
+)
 from batch.errors import ConfigError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -50,6 +68,42 @@ class JobConfig(BaseModel):
     ordered: bool = False
     allow_outside_images: bool = False
     errors_file: Path | None = None  # failed rows go here instead of the output, as OpenAI does
+    # Reaching Ollama in production (README "Production setups"). The key comes from
+    # OLLAMA_API_KEY only: never a flag (visible in `ps`) nor the job file (often committed).
+    api_key: SecretStr | None = None
+    headers: Headers = Field(default_factory=dict)  # host ("*": every host) -> name -> value
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    proxy: SecretStr | None = None  # for every host, loopback included; None: HTTP(S)_PROXY
+    keep_alive: float | str | None = None  # None: 30m while running, then the server's default
+    think: ThinkSetting = None  # None: off when a schema is set, else the model's default
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers_parse(cls, headers: Any) -> Any:
+        return parse_headers(headers) if headers else {}
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive_parses(cls, value: Any) -> float | str | None:
+        return keep_alive_value(value)
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think_parses(cls, value: Any) -> ThinkSetting:
+        return parse_think(value)
+
+    @model_validator(mode="after")
+    def _access_is_consistent(self) -> JobConfig:
+        check_header_hosts(self.headers, self.hosts)
+        if self.insecure and self.ca_bundle is not None:
+            raise ValueError("give --ca-bundle or --insecure, not both")
+        return self
+
+    def __repr_args__(self) -> Any:
+        # SecretStr hides keys and header values; hosts may carry user:password too.
+        for name, value in super().__repr_args__():
+            yield name, tuple(map(redacted_host, value)) if name == "hosts" else value
 
     @field_validator("hosts")
     @classmethod
@@ -109,9 +163,15 @@ FLAG_NAMES = {
     "ordered": "--ordered",
     "allow_outside_images": "--allow-outside-images",
     "errors_file": "--errors-file",
+    "headers": "--header",
+    "ca_bundle": "--ca-bundle",
+    "insecure": "--insecure",
+    "proxy": "--proxy",
+    "keep_alive": "--keep-alive",
+    "think": "--think",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary", "errors_file")
+PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle")
 
 
 def load_config(
@@ -130,6 +190,8 @@ def load_config(
         for key, value in values.items():
             if key == "options":
                 value = {**merged.get("options", DEFAULT_OPTIONS), **value}
+            if key == "headers":
+                value = merge_headers(merged.get("headers", {}), value, source or "--header")
             merged[key] = value
             origin[key] = source or FLAG_NAMES.get(key, key)
     try:
@@ -137,7 +199,10 @@ def load_config(
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            key = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a check across settings: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
+            key = str(error["loc"][0])
             where = origin.get(key, key)
             problems.append(f"{FLAG_NAMES.get(key, key)} (from {where}): {error['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
@@ -164,6 +229,8 @@ def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         field = FILE_KEYS.get(key, key.replace("-", "_"))
+        if field == "api_key":
+            raise ConfigError(f"job file {path}: keep the API key out of files: set OLLAMA_API_KEY")
         if field not in FLAG_NAMES:
             known = ", ".join(sorted({FILE_KEYS.get(k, k) for k in FLAG_NAMES} | set(FILE_KEYS)))
             raise ConfigError(f"job file {path}: unknown setting {key!r} (known: {known})")
@@ -182,6 +249,8 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if host := environ.get("OLLAMA_HOST", "").strip():
         values["hosts"] = [host]
+    if api_key := environ.get("OLLAMA_API_KEY", "").strip():
+        values["api_key"] = api_key
     for field in FLAG_NAMES:
         name = "BATCH_" + ("HOST" if field == "hosts" else field.upper())
         if field == "schema_ref":
@@ -191,13 +260,14 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if field == "hosts":
             values[field] = [h.strip() for h in raw.split(",") if h.strip()]
-        elif field == "options":
+        elif field in ("options", "headers"):
             try:
                 parsed = json.loads(raw)
             except json.JSONDecodeError:
                 parsed = None
             if not isinstance(parsed, dict):
-                raise ConfigError(f"{name} must be a JSON object, as in {name}='{{\"seed\": 1}}'")
+                example = '{"seed": 1}' if field == "options" else '{"X-Proxy-Token": "..."}'
+                raise ConfigError(f"{name} must be a JSON object, as in {name}='{example}'")
             values[field] = parsed
         else:
             values[field] = raw

@@ -8,7 +8,8 @@ BatchError
     ├── Retryable ...... worth another attempt
     │   ├── Transient .. the transport or server hiccuped: back off, then resend
     │   └── InvalidOutput  the model answered, but not usably: re-ask at once with the reason
-    └── Rejected ....... the server refused this request for good (e.g. HTTP 400)
+    ├── Rejected ....... the server refused this request for good (e.g. HTTP 400)
+    └── PromptTruncated  the prompt filled the model's context: the server likely cut it
 """
 
 from __future__ import annotations
@@ -75,3 +76,11 @@ class InvalidOutput(Retryable):
 
 class Rejected(RowFailure):
     kind = "http"
+
+
+class PromptTruncated(RowFailure):
+    """The server counted as many prompt tokens as the context holds: Ollama drops what does not
+    fit without saying so, so the reply answers a cut prompt. Not re-asked: it would be cut
+    again."""
+
+    kind = "prompt_truncated"

@@ -18,7 +18,15 @@ from tenacity import (
 )
 
 from batch.backends.base import ChatRequest, Completion, Usage
-from batch.errors import BadInput, FatalRunError, InvalidOutput, Retryable, RowFailure, Transient
+from batch.errors import (
+    BadInput,
+    FatalRunError,
+    InvalidOutput,
+    PromptTruncated,
+    Retryable,
+    RowFailure,
+    Transient,
+)
 from batch.images import attach_images, has_images
 from batch.pool import HostPool
 from batch.rows import Row
@@ -151,6 +159,7 @@ class Labeller:
         result.done_reason = completion.done_reason
         result.durations_ns = _summed(result.durations_ns, completion)
         result.content = completion.content
+        _check_prompt_fitted(completion)
         if schema is None:
             return completion.content
         if completion.done_reason == "length":
@@ -162,6 +171,25 @@ class Labeller:
                 feedback="Your reply was cut off. Reply again with a shorter JSON object.",
             )
         return schema.validate(completion.content)
+
+
+def _check_prompt_fitted(completion: Completion) -> None:
+    """Ollama cuts a prompt longer than its context without an error; the one tell is a prompt
+    token count that reached the context length."""
+    context, used = completion.context_length, completion.usage.input_tokens
+    if context and used >= context:
+        raise PromptTruncated(
+            f"the prompt used all {context} tokens of the model's context, so the server "
+            "likely cut it and the reply answers part of it: raise num_ctx "
+            f"(--option num_ctx={_next_power_of_two(used)}) or shorten the prompt",
+            prompt_tokens=used,
+            context_length=context,
+            raw=completion.content,
+        )
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << n.bit_length()
 
 
 def _log_retry(row: Row, state: RetryCallState) -> None:

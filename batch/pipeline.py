@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -48,13 +49,15 @@ FLUSH_EVERY = 0.05
 
 def fingerprint(config: JobConfig, schema: OutputSchema | None) -> str:
     """Names the settings that shape a label; rows from different settings never mix."""
-    shaping = {
+    shaping: dict[str, Any] = {
         "model": config.model,
         "schema": schema.json_schema if schema else None,
         "template": config.template,
         "system": config.system,
         "options": config.options,
     }
+    if config.think is not None:  # only when set, so that earlier outputs keep their stamp
+        shaping["think"] = config.think
     canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

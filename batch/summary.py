@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from batch.backends.base import Usage
+from batch.errors import PromptTruncated
 from batch.label import RowResult
+
+PROMPT_TRUNCATED = PromptTruncated.kind
 
 
 @dataclass
@@ -98,6 +101,9 @@ def build_summary(
             "skipped": stats.skipped,
         },
         "errors_by_type": dict(stats.errors),
+        # Rows whose prompt filled the context (error type prompt_truncated): the server likely
+        # cut them without a word, so they are counted apart from other failures.
+        "prompts_truncated": stats.errors.get(PROMPT_TRUNCATED, 0),
         "attempts": stats.attempts,
         "retries": {"total": sum(stats.retries.values()), "by_cause": dict(stats.retries)},
         "usage": stats.usage.as_record(),
@@ -139,6 +145,11 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(r["errors_by_type"].items()))
         where = r.get("errors_file") or r["output"]
         lines.append(f'failures: {kinds}; see rows with "status": "error" in {where}')
+    if truncated := r.get("prompts_truncated"):
+        lines.append(
+            f"{truncated} prompts filled the model's context and were likely cut by the server: "
+            "raise num_ctx or shorten them (see error.context_length in those rows)"
+        )
     if summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:

@@ -41,12 +41,17 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One model response. `durations_ns` uses Ollama's names, integer nanoseconds."""
+    """One model response. `durations_ns` uses Ollama's names, integer nanoseconds.
+
+    `context_length`: the context the server ran this request with, when the backend knows it;
+    a prompt that used all of it was likely cut short by the server.
+    """
 
     content: str
     done_reason: str | None
     usage: Usage
     durations_ns: dict[str, int] = field(default_factory=dict)
+    context_length: int | None = None
 
 
 class Backend(Protocol):

@@ -11,6 +11,7 @@ from batch.config import JobConfig
 
 def open_backends(config: JobConfig) -> list[Backend]:
     from batch.backends.embedded import EmbeddedBackend, is_embedded
+    from batch.backends.http_client import AccessSettings
     from batch.backends.ollama import OllamaBackend
 
     backends: list[Backend] = []
@@ -28,6 +29,13 @@ def open_backends(config: JobConfig) -> list[Backend]:
             )
         else:
             backends.append(
-                OllamaBackend(host, concurrency=config.concurrency, timeout=config.timeout)
+                OllamaBackend(
+                    host,
+                    concurrency=config.concurrency,
+                    timeout=config.timeout,
+                    access=AccessSettings.from_config(config),
+                    keep_alive=config.keep_alive,
+                    think=config.think,
+                )
             )
     return backends

@@ -67,6 +67,21 @@ CANNED: dict[str, tuple[int, str, bytes]] = {
         b"</body>\r\n</html>\r\n",
     ),
     "gateway_timeout": (504, "text/plain; charset=utf-8", b"upstream request timeout"),
+    # An authenticating reverse proxy in front of Ollama (nginx's own pages).
+    "unauthorized": (
+        401,
+        "text/html",
+        b"<html>\r\n<head><title>401 Authorization Required</title></head>\r\n<body>\r\n"
+        b"<center><h1>401 Authorization Required</h1></center>\r\n<hr><center>nginx</center>"
+        b"\r\n</body>\r\n</html>\r\n",
+    ),
+    "forbidden": (
+        403,
+        "text/html",
+        b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n"
+        b"<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        b"</body>\r\n</html>\r\n",
+    ),
 }
 
 INVALID_FORMAT = 'invalid format: expected "json" or a valid JSON schema'
@@ -194,8 +209,11 @@ def full_name(model: str) -> str:
 class Catalog:
     """The models the fake serves, with the bodies of the routes that describe them."""
 
-    def __init__(self, models: Sequence[str], context_length: int) -> None:
-        self.names = tuple(dict.fromkeys(full_name(m) for m in models))
+    def __init__(
+        self, models: Sequence[str], context_length: int, thinking: Sequence[str] = ()
+    ) -> None:
+        self.names = tuple(dict.fromkeys(full_name(m) for m in (*models, *thinking)))
+        self.thinking = frozenset(full_name(m) for m in thinking)
         self.context_length = context_length
         self.loaded: set[str] = set()  # models that served a request, for /api/ps
 
@@ -248,7 +266,9 @@ class Catalog:
                 f"{ARCH}.context_length": self.context_length,
                 f"{ARCH}.embedding_length": 2048,
             },
-            "capabilities": ["completion"],
+            "capabilities": ["completion", "thinking"]
+            if full_name(name) in self.thinking
+            else ["completion"],
             "modified_at": "2025-01-01T00:00:00Z",
         }
 
@@ -308,3 +328,8 @@ def partial(payload: dict[str, Any]) -> bytes:
     """The first half of a JSON object's text: never valid JSON."""
     data = dumps(payload)
     return data[: len(data) // 2]
+
+
+def thinking(prompt: str) -> str:
+    """What a thinking model reasons before it answers (in `message.thinking`)."""
+    return "The user asks about: " + " ".join(prompt.split()[:8]) + ". Let me answer."

@@ -22,16 +22,28 @@ Token counts use `count_tokens` (whitespace-separated words):
 done_reason "length". Durations are measured integer nanoseconds: the time holding a slot
 (`latency`, or next to nothing) is split 1:4 between prompt_eval_duration and eval_duration, and
 total_duration also holds the wait for a slot.
+
+Production setups (a reverse proxy, TLS, thinking models):
+- `require_headers`: every route wants these headers, exactly, as an authenticating proxy
+  would: missing -> 401, wrong -> 403 (nginx's HTML pages; also the faults `unauthorized`,
+  `forbidden`).
+- `ssl_context`: serve HTTPS (the tests make a throwaway CA with trustme).
+- `thinking_models`: listed with the "thinking" capability; they reason into
+  `message.thinking` unless the request says `think: false`; `think` on any other model is a
+  400, as in Ollama.
+- A load-only request (no messages/prompt) loads the model and takes no fault; it is counted
+  in `load_requests` (its body in `loads`), not `request_count` (nor `requests`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -61,6 +73,8 @@ FaultKind = Literal[
     "stream_cut",
     "bad_body",
     "unknown_model",
+    "unauthorized",
+    "forbidden",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
@@ -106,6 +120,9 @@ class FakeOllama:
         port: int = 0,
         hang_seconds: float = 3600.0,
         record_requests: bool = True,
+        require_headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        thinking_models: Sequence[str] = (),
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -118,12 +135,21 @@ class FakeOllama:
         self.record_requests = record_requests
         self.responder: Responder | None = None
         self.requests: list[dict[str, Any]] = []
+        self.loads: list[dict[str, Any]] = []  # bodies of load-only requests, kept apart
         self.request_count = 0
+        """Chat/generate requests that arrived, load-only ones (no prompt) apart."""
+        self.load_requests = 0
+        """Load-only requests: no messages or prompt, just `model` (and perhaps keep_alive)."""
+        self.refused = 0
+        """Requests refused for missing or wrong credentials (`require_headers`)."""
+        # As a reverse proxy in front of Ollama would: these headers, exactly, on every route.
+        self.require_headers = dict(require_headers or {})
+        self.ssl_context = ssl_context
         self.max_in_flight = 0
         self.max_generating = 0
         """Highest number of requests holding a generation slot at one instant (<= slots)."""
         self._port = port
-        self._catalog = _wire.Catalog(models, context_length)
+        self._catalog = _wire.Catalog(models, context_length, thinking_models)
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._arrivals = threading.Condition()
@@ -262,14 +288,15 @@ class FakeOllama:
         runner = web.ServerRunner(server, shutdown_timeout=0.1)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, self._port, backlog=1024)
+            site = web.TCPSite(runner, host, self._port, backlog=1024, ssl_context=self.ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         port = runner.addresses[0][1]
-        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     async def _close(self) -> None:
         for task in list(self._handlers):
@@ -282,11 +309,22 @@ class FakeOllama:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         # One dict lookup instead of a router; a wrong method is a 404 too, as with gin.
+        if self.require_headers and (refusal := self._refusal(request)) is not None:
+            return refusal
         route = self._routes.get((request.method, request.path))
         if route is None:
             return _wire.not_found()
         response: web.StreamResponse = await route(request)
         return response
+
+    def _refusal(self, request: web.BaseRequest) -> web.Response | None:
+        for name, expected in self.require_headers.items():
+            if request.headers.get(name) != expected:
+                self.refused += 1
+                # No credentials at all: 401; a header present but wrong: 403, as proxies do.
+                kind = "unauthorized" if name.lower() not in request.headers else "forbidden"
+                return _wire.canned_response(kind)
+        return None
 
     async def _root(self, request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text="Ollama is running", content_type="text/plain")
@@ -319,9 +357,6 @@ class FakeOllama:
 
     async def _counted(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
         arrived = time.monotonic_ns()
-        with self._arrivals:
-            self.request_count += 1
-            self._arrivals.notify_all()
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         task = asyncio.current_task()
@@ -335,6 +370,17 @@ class FakeOllama:
                 self._handlers.discard(task)
 
     # ---- chat and generate --------------------------------------------------------------------
+
+    def _arrived(self, body: dict[str, Any] | str, chat: bool) -> bool:
+        """Counts the request; True for a load-only one."""
+        load_only = isinstance(body, dict) and not body.get("messages" if chat else "prompt")
+        with self._arrivals:
+            if load_only:
+                self.load_requests += 1
+            else:
+                self.request_count += 1
+            self._arrivals.notify_all()
+        return load_only
 
     def _take_fault(self, text: str) -> str | None:
         if not self._rules:  # the common case in benchmarks: skip the lock
@@ -354,10 +400,11 @@ class FakeOllama:
     ) -> web.StreamResponse:
         struct = "ChatRequest" if chat else "GenerateRequest"
         body = _wire.parse_body(await request.read(), struct)
+        load_only = self._arrived(body, chat)
         if isinstance(body, str):
             return _wire.error_response(400, body)
         if self.record_requests:
-            self.requests.append(body)
+            (self.loads if load_only else self.requests).append(body)
         problem = _wire.check_fields(body, struct)
         if problem is not None:
             return _wire.error_response(400, problem)
@@ -372,7 +419,8 @@ class FakeOllama:
             system = body.get("system") or ""
             whole = f"{system} {text}" if system else text
 
-        fault = self._take_fault(text)
+        load_only = not (body.get("messages") if chat else text)
+        fault = None if load_only else self._take_fault(text)
         if fault in _wire.CANNED:
             return _wire.canned_response(fault)
         if fault == "drop":
@@ -387,10 +435,13 @@ class FakeOllama:
         name = _wire.full_name(model)
         if fault == "unknown_model" or name not in self._catalog.names:
             return _wire.error_response(404, f"model '{model}' not found")
+        thinks = name in self._catalog.thinking and body.get("think") is not False
+        if body.get("think") not in (None, False) and name not in self._catalog.thinking:
+            return _wire.error_response(400, f'"{model}" does not support thinking')
         self._catalog.loaded.add(name)
         stream = body.get("stream") is not False  # true when omitted, as in Ollama
 
-        if not (body.get("messages") if chat else text):
+        if load_only:
             # Nothing to generate: Ollama just loads the model and says so.
             payload = _wire.envelope(model, chat, "")
             payload["done_reason"] = "load"
@@ -420,12 +471,15 @@ class FakeOllama:
             num_ctx = self.context_length
         final = _wire.envelope(model, chat, "" if stream else content)
         final["done_reason"] = done_reason
+        thinking = _wire.thinking(text) if thinks and not stream else ""
+        if thinking:  # thinking models think unless told `think: false`, as in Ollama
+            (final["message"] if chat else final)["thinking"] = thinking
         final.update(
             _wire.metrics(
                 generated - arrived,
                 generated - started,
                 min(count_tokens(whole), num_ctx),
-                count_tokens(content),
+                count_tokens(content) + count_tokens(thinking),
                 counts=fault != "no_counts",
             )
         )
