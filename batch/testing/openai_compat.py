@@ -99,7 +99,8 @@ def _converted(response: web.Response) -> web.Response:
     return error_response(response.status, json.loads(response.body)["error"])
 
 
-def _go_type(value: Any) -> str:
+def _go_value_type(value: Any) -> str:
+    """The Go type of a decoded JSON value, as Go's `%T` prints it."""
     if value is None:
         return "<nil>"
     if isinstance(value, bool):
@@ -117,20 +118,10 @@ def _check_fields(body: dict[str, Any]) -> str | None:
         )
         if wrong:
             return (
-                f"json: cannot unmarshal {_wire_type(value)} into Go struct field "
+                f"json: cannot unmarshal {_wire._go_type(value)} into Go struct field "
                 f"ChatCompletionRequest.{field} of type {go_type}"
             )
     return None
-
-
-def _wire_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]] | str:
@@ -139,7 +130,7 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]] | str:
     for message in messages:
         if not isinstance(message, dict):
             return (
-                f"json: cannot unmarshal {_wire_type(message)} into Go struct field "
+                f"json: cannot unmarshal {_wire._go_type(message)} into Go struct field "
                 "ChatCompletionRequest.messages of type openai.Message"
             )
         role = message.get("role") or ""
@@ -165,7 +156,7 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]] | str:
         elif message.get("tool_calls"):
             out.append({"role": role, "content": ""})
         else:
-            return f"invalid message content type: {_go_type(content)}"
+            return f"invalid message content type: {_go_value_type(content)}"
     return out
 
 
