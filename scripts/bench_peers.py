@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -52,6 +53,7 @@ from bench import (
     positive_int,
     rate,
     ratio,
+    read_summary,
     tail,
 )
 
@@ -104,6 +106,7 @@ class Outcome:
     measured: Measured | None
     rows_ok: int
     problem: str = ""
+    own_rate: float | None = None  # rows/s by the program's own clock: start-up excluded
 
 
 def version(distribution: str) -> str:
@@ -134,6 +137,18 @@ def rows_ok(output: Path, rows: int) -> int:
     return len(done)
 
 
+def own_rate(name: str, output: Path, log: Path) -> float | None:
+    """The rows/s a program reports for its own loop: batch's summary `throughput`, a peer
+    job's `NAME: N rows in S s (R rows/s)` line."""
+    if name == "batch":
+        try:
+            return float(read_summary(output)["throughput"]["rows_per_s"])
+        except (OSError, ValueError, KeyError):
+            return None
+    found = re.search(r": \d+ rows in [\d.]+ s \(([\d.]+) rows/s\)", tail(log))
+    return float(found.group(1)) if found else None
+
+
 def _outcome(suite: Suite, name: str, argv: list[str], output: Path, **about: str) -> Outcome:
     log = suite.log_file(f"peers-{name}")
     note(f"  {name}: {suite.rows} rows, concurrency {suite.concurrency}")
@@ -142,9 +157,16 @@ def _outcome(suite: Suite, name: str, argv: list[str], output: Path, **about: st
     problem = ""
     if measured.exit_code != 0 or ok != suite.rows:
         last = tail(log, 1).strip()
-        problem = f"exit {measured.exit_code}, {ok} of {suite.rows} rows ok: {last}"
+        problem = f"exit {measured.exit_code}, {ok:,} of {suite.rows:,} rows ok: {last}"
         note(f"  {name} did not do the whole job:\n{tail(log)}")
-    return Outcome(name, measured=measured, rows_ok=ok, problem=problem, **about)
+    return Outcome(
+        name,
+        measured=measured,
+        rows_ok=ok,
+        problem=problem,
+        own_rate=own_rate(name, output, log),
+        **about,
+    )
 
 
 def run_all(suite: Suite, latency: float = 0.0) -> list[Outcome]:
@@ -170,9 +192,8 @@ def run_all(suite: Suite, latency: float = 0.0) -> list[Outcome]:
             if missing:
                 problem = f"not installed ({', '.join(missing)}): {INSTALL_HINT}"
                 note(f"  {peer.name}: {problem}")
-                outcomes.append(
-                    Outcome(peer.name, measured=None, rows_ok=0, problem=problem, **about)
-                )
+                absent = Outcome(peer.name, about["version"], peer.how, None, 0, problem)
+                outcomes.append(absent)
                 continue
             output = suite.workdir / f"peers-{peer.script.removesuffix('.py')}.jsonl"
             argv = [
@@ -226,19 +247,28 @@ def table(outcomes: Sequence[Outcome], rows: int) -> str:
     assert batch is not None
     batch_rate = rows / batch.wall_s
     lines = [
-        "| program | version | how it does the job | rows/s (wall) | batch is ahead by "
-        "| peak RSS | rows ok |",
-        "|---|---|---|---|---|---|---|",
+        "| program | version | how it does the job | rows/s, wall time | batch is ahead by "
+        "| rows/s, own clock | batch is ahead by | peak RSS | rows ok |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    batch_own = outcomes[0].own_rate
     for o in outcomes:
         if o.measured is None:
-            lines.append(f"| {o.name} | {o.version} | {o.how} | n/a | n/a | n/a | {o.problem} |")
+            lines.append(
+                f"| {o.name} | {o.version} | {o.how} | n/a | n/a | n/a | n/a | n/a | {o.problem} |"
+            )
             continue
         speed = rows / o.measured.wall_s
-        ok = f"{o.rows_ok:,} of {rows:,}" + (f" ({o.problem})" if o.problem else "")
+        own = rate(o.own_rate) if o.own_rate else "n/a"
+        own_ratio = ratio(batch_own, o.own_rate) if batch_own and o.own_rate else "n/a"
+        wall_ratio = ratio(batch_rate, speed)
+        if o.problem:  # a partial job is no comparison
+            wall_ratio = own_ratio = "n/a"
+        ok = o.problem or f"{o.rows_ok:,} of {rows:,}"
         lines.append(
             f"| {o.name} | {o.version} | {o.how} | {rate(speed)} ({o.measured.wall_s:.2f} s) "
-            f"| {ratio(batch_rate, speed)} | {o.measured.peak_rss_mb:.0f} MB | {ok} |"
+            f"| {wall_ratio} | {own} | {own_ratio} "
+            f"| {o.measured.peak_rss_mb:.0f} MB | {ok} |"
         )
     return "\n".join(lines)
 
@@ -292,8 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- the same {args.rows:,} rows, concurrency {args.concurrency}, one fake Ollama server "
         f"in its own process on loopback (latency {args.latency:g} s, {args.concurrency} slots); "
         "each program one run of its own process, wall time from start to exit (imports "
-        "included), peak RSS from `wait4`; rows ok: distinct ids whose output conforms to the "
-        "schema"
+        "included); own clock: the program's own loop timer, from reading the input to the last "
+        "line written (batch: the summary's `throughput`); peak RSS from `wait4`; rows ok: "
+        "distinct ids whose output conforms to the schema"
     )
     print()
     print(table(outcomes, args.rows))
