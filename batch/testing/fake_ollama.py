@@ -51,7 +51,7 @@ from typing import Any, Literal, get_args
 import anyio
 from aiohttp import web
 
-from batch.testing import _wire
+from batch.testing import _wire, openai_compat
 from batch.testing.schema_instance import WORDS, SchemaError, compile_schema, schema_key
 
 __all__ = ["FAULT_KINDS", "FakeOllama", "Fault", "FaultKind", "count_tokens"]
@@ -171,6 +171,7 @@ class FakeOllama:
             ("POST", "/api/show"): self._show,
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/generate"): self._generate,
+            **openai_compat.routes(self),  # Ollama's OpenAI-compatible /v1 routes
         }
 
     # ---- control, from any thread -------------------------------------------------------------
