@@ -538,11 +538,24 @@ def bench_resume(suite: Suite) -> None:
     )
 
 
+def bench_peers(suite: Suite) -> None:
+    # Late: bench_peers imports this file again as the module `bench`, whose BenchError is
+    # another class than this script's when it runs as __main__.
+    import bench
+    import bench_peers
+
+    try:
+        bench_peers.peers(suite)
+    except bench.BenchError as exc:
+        raise BenchError(str(exc)) from None
+
+
 BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "overhead": bench_overhead,
     "efficiency": bench_efficiency,
     "memory": bench_memory,
     "resume": bench_resume,
+    "peers": bench_peers,
     "embedded": bench_embedded,
 }
 
