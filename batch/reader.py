@@ -1,6 +1,8 @@
 """The input file as a stream of (line number, bytes), read in large chunks off the event loop.
 
-Reading line by line through a thread would cost a thread hop a line; a chunk costs one per MiB.
+Reading line by line through a thread would cost a thread hop a line; a chunk costs one per
+64 KiB. Larger chunks save nothing measurable and cost memory: each chunk is copied and split
+into a list of lines while the previous list is still alive.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import aiofiles
 import anyio
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16
 BOM = b"\xef\xbb\xbf"
 
 

@@ -1,14 +1,17 @@
 """Benchmarks of `python -m batch run` against the fake Ollama server; prints a markdown table.
 
     python scripts/bench.py [--rows N] [--concurrency N] [--memory-rows N[,N...]] [--quick]
-                            [--only overhead|efficiency|memory|resume]
+                            [--only NAME[,NAME...]]
 
 - overhead:   rows/s of the worker (schema validation on) against `bare_loop.py`, the loop a user
               would write by hand, on the same rows and concurrency; the fake answers at once.
-- efficiency: rows/s against the ideal of a server with 8 slots and 0.05 s a generation.
+- efficiency: rows/s against the ideal of a server with 8 slots and 0.05 s a generation, at
+              concurrency 8 and 10, and the bare loop at 8.
 - memory:     peak RSS of the worker on inputs of growing size.
 - resume:     a rerun where every row is already done (it must skip them all), and the start-up
               time of `python -m batch --help`.
+- peers:      pydantic-ai, outlines and LangChain on the same job (`bench_peers.py`).
+- embedded:   tokens/s of the embedded backend against llama.cpp called directly.
 
 Each program runs as its own process (the fake server too); wall time runs from its start to its
 exit, and peak RSS comes from `os.wait4` on that one process. Progress goes to stderr, the report
@@ -636,6 +639,7 @@ def render(figures: Sequence[Figure]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = args.only or list(BENCHMARKS)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as workdir:
         schema = Path(workdir) / "schema.json"
@@ -665,6 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}"
+    )
+    print(
+        f"- load average (1 min) {load_before:.2f} before the suite, {os.getloadavg()[0]:.2f} "
+        "after: figures from a busy machine run low"
     )
     print(
         "- fake Ollama server in its own process on loopback; each figure is one run of one "
