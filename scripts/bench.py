@@ -636,22 +636,46 @@ def render(figures: Sequence[Figure]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in body)])
 
 
+@contextmanager
+def suite_in_tempdir(
+    prefix: str, rows: int, concurrency: int, memory_rows: tuple[int, ...]
+) -> Iterator[Suite]:
+    """A suite working in a temporary directory, removed with everything in it at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        schema = Path(workdir) / "schema.json"
+        schema.write_text(json.dumps(SCHEMA), encoding="utf-8")
+        yield Suite(
+            workdir=Path(workdir),
+            rows=rows,
+            concurrency=concurrency,
+            memory_rows=memory_rows,
+            env=child_env(),
+            schema=schema,
+        )
+
+
+def print_header(title: str, load_before: float, setting: str) -> None:
+    """The top of a report: what ran, where, and how busy the machine was."""
+    print(f"## {title}\n")
+    print(f"- command: `{shlex.join(sys.orig_argv)}`")
+    print(
+        f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}"
+    )
+    print(
+        f"- load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: "
+        "figures from a busy machine run low"
+    )
+    print(f"- {setting}")
+    print()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = args.only or list(BENCHMARKS)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="batch-bench-") as workdir:
-        schema = Path(workdir) / "schema.json"
-        schema.write_text(json.dumps(SCHEMA), encoding="utf-8")
-        suite = Suite(
-            workdir=Path(workdir),
-            rows=args.rows,
-            concurrency=args.concurrency,
-            memory_rows=args.memory_rows,
-            env=child_env(),
-            schema=schema,
-        )
+    with suite_in_tempdir("batch-bench-", args.rows, args.concurrency, args.memory_rows) as suite:
         try:
             for name in chosen:
                 note(f"{name} ...")
@@ -663,22 +687,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             note("interrupted")
             return 130
     elapsed = time.perf_counter() - started
-
-    print("## Benchmarks\n")
-    print(f"- command: `{shlex.join(sys.orig_argv)}`")
-    print(
-        f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"Python {platform.python_version()}"
+    print_header(
+        "Benchmarks",
+        load_before,
+        "fake Ollama server in its own process on loopback; each figure is one run of one "
+        "process, wall time from start to exit, peak RSS from `wait4`",
     )
-    print(
-        f"- load average (1 min) {load_before:.2f} before the suite, {os.getloadavg()[0]:.2f} "
-        "after: figures from a busy machine run low"
-    )
-    print(
-        "- fake Ollama server in its own process on loopback; each figure is one run of one "
-        "process, wall time from start to exit, peak RSS from `wait4`"
-    )
-    print()
     print(render(suite.figures))
     print()
     print(f"Suite time: {elapsed:.0f} s.")

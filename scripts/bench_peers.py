@@ -27,11 +27,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
-import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,14 +43,15 @@ from bench import (
     Figure,
     Measured,
     Suite,
-    child_env,
     fake_ollama,
     measure,
     note,
     positive_int,
+    print_header,
     rate,
     ratio,
     read_summary,
+    suite_in_tempdir,
     tail,
 )
 
@@ -183,7 +181,7 @@ def run_all(suite: Suite, latency: float = 0.0) -> list[Outcome]:
                 suite.batch_command(source, output, url, c),
                 output,
                 version=version("batch"),
-                how="`python -m batch run --schema label.json --concurrency N`",
+                how="`python -m batch run --schema schema.json --concurrency N`",
             )
         )
         for peer in PEERS:
@@ -290,18 +288,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="batch-bench-peers-") as workdir:
-        schema = Path(workdir) / "label.json"
-        schema.write_text(json.dumps(SCHEMA), encoding="utf-8")
-        suite = Suite(
-            workdir=Path(workdir),
-            rows=args.rows,
-            concurrency=args.concurrency,
-            memory_rows=(),
-            env=child_env(),
-            schema=schema,
-        )
+    with suite_in_tempdir("batch-bench-peers-", args.rows, args.concurrency, ()) as suite:
         try:
             outcomes = run_all(suite, args.latency)
         except BenchError as exc:
@@ -311,22 +300,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             note("interrupted")
             return 130
     elapsed = time.perf_counter() - started
-
-    print("## batch and its peers\n")
-    print(f"- command: `{shlex.join(sys.orig_argv)}`")
-    print(
-        f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"Python {platform.python_version()}"
-    )
-    print(
-        f"- the same {args.rows:,} rows, concurrency {args.concurrency}, one fake Ollama server "
+    print_header(
+        "batch and its peers",
+        load_before,
+        f"the same {args.rows:,} rows, concurrency {args.concurrency}, one fake Ollama server "
         f"in its own process on loopback (latency {args.latency:g} s, {args.concurrency} slots); "
         "each program one run of its own process, wall time from start to exit (imports "
         "included); own clock: the program's own loop timer, from reading the input to the last "
         "line written (batch: the summary's `throughput`); peak RSS from `wait4`; rows ok: "
-        "distinct ids whose output conforms to the schema"
+        "distinct ids whose output conforms to the schema",
     )
-    print()
     print(table(outcomes, args.rows))
     print()
     print(f"Suite time: {elapsed:.0f} s.")
