@@ -73,8 +73,13 @@ def _ok_key_at_a_glance(raw: bytes, tail: bytes) -> str | None:
     status = raw.find(b",", id_end + 8) if id_end > 0 else -1
     if status < 0 or not raw.startswith(b',"status":"ok",', status):
         return None
+    token = raw[6:id_end]
     try:
-        row_id = json.loads(raw[6:id_end])
+        if token.isdigit():
+            return id_key(int(token))
+        if token.startswith(b'"') and b"\\" not in token:  # a string with nothing escaped
+            return id_key(token[1:-1].decode())
+        row_id = json.loads(token)
     except ValueError:
         return None
     return id_key(row_id) if isinstance(row_id, str | int) else None

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
+
 from batch.backends.base import ChatRequest, Format
 from batch.errors import BadInput, ConfigError
 from batch.images import ImagePolicy, image_refs
@@ -139,7 +141,7 @@ class RowBuilder:
         """A line's own id, read without building its request (resume skips most lines); None
         when the line has no usable id of its own. The file's first line still sets its kind."""
         try:
-            data = json.loads(raw)
+            data = pydantic_core.from_json(raw)  # a few times faster than json.loads
         except ValueError:  # not JSON, or not UTF-8
             return None
         if not isinstance(data, dict):

@@ -218,6 +218,22 @@ async def test_rerun_skips_ok_rows_and_retries_failed_ones(job: Callable[..., Jo
     assert all(r["status"] == "ok" for r in rows)
 
 
+async def test_rerun_skips_ids_of_every_spelling(job: Callable[..., JobConfig]) -> None:
+    # 7 and "7" are different rows; quotes, backslashes, non-ASCII and negative ids must be
+    # recognised in the output as they were written, or their rows would run twice.
+    ids: list[Any] = [7, "7", -3, 'say "hi"', "back\\slash", "café", "", "tab\there", 10**12]
+    config = job(0)
+    config.input.write_text(
+        "".join(json.dumps({"id": i, "prompt": f"row {n}"}) + "\n" for n, i in enumerate(ids))
+    )
+    await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
+    second = ScriptedBackend(scripted(completion('{"label": "pos"}')))
+    summary = await run_job(config, backends=[second])
+    assert summary.rows == {"total": len(ids), "ok": 0, "error": 0, "skipped": len(ids)}
+    assert second.requests == []
+    assert [r["id"] for r in read_output(config.output_path)].count("7") == 1
+
+
 async def test_rerun_drops_a_partial_last_line(job: Callable[..., JobConfig]) -> None:
     config = job(3)
     await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
