@@ -32,6 +32,7 @@ from batch.access import (
     redacted_host,
 )
 from batch.errors import ConfigError
+from batch.hosts import check_host_list
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # Labelling wants the same answer on every run: greedy decoding unless the user says otherwise.
@@ -110,6 +111,7 @@ class JobConfig(BaseModel):
     def _some_host(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
         if not hosts or not all(h.strip() for h in hosts):
             raise ValueError("give at least one non-empty host URL")
+        check_host_list(hosts)  # URL#N syntax, no host twice
         return hosts
 
     @field_validator("template")

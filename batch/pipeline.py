@@ -22,10 +22,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.backends.base import Backend
-from batch.backends.select import open_backends
+from batch.backends.select import host_concurrency, open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
 from batch.formats.openai_out import openai_record
+from batch.hosts import Host, HostPolicy
 from batch.idset import IdSet, Sighting
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy, RowResult
@@ -99,9 +100,13 @@ async def run_job(
     if (errors_file := config.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
+    concurrency = host_concurrency(config)
     if backends is None:
         backends = open_backends(config)
-    pool = HostPool(backends, config.concurrency)
+    elif len(backends) != len(concurrency):  # backends given in place of the configured hosts
+        concurrency = [config.concurrency] * len(backends)
+    host_policy = HostPolicy(config.max_attempts, config.backoff, config.backoff_max)
+    pool = HostPool(backends, concurrency, host_policy)
     builder = RowBuilder(
         model=config.model,
         options=config.options,
@@ -112,6 +117,7 @@ async def run_job(
     )
     policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
     run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
+    run.hosts = pool.hosts
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
     try:
         await run.execute(handle_signals=handle_signals, show=show)
@@ -129,6 +135,7 @@ async def run_job(
             fatal=str(run.fatal) if run.fatal else None,
             stopped_by=run.stopped_by,
             errors_path=config.errors_file,
+            host_report=pool.report(),
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -150,6 +157,7 @@ class _Run:
     fatal: BatchError | None = None
     stopped_by: str | None = None
     window: ReorderWindow[tuple[bytes, bool]] | None = None  # with --ordered
+    hosts: list[Host] = field(default_factory=list)  # for the progress display
 
     def __post_init__(self) -> None:
         if self.config.ordered:
@@ -192,7 +200,11 @@ class _Run:
                     tg.start_soon(self._on_signals)
                 if show:
                     tg.start_soon(
-                        show_progress, self.stats, self.config.input, self.config.log_every
+                        show_progress,
+                        self.stats,
+                        self.config.input,
+                        self.config.log_every,
+                        self.hosts,
                     )
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
