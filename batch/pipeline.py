@@ -37,6 +37,7 @@ from batch.reader import LineCountGuess, read_lines
 from batch.reorder import ReorderWindow, sort_by_line
 from batch.rows import Row, RowBuilder, id_key
 from batch.schema import OutputSchema, load_schema
+from batch.shards import row_key
 from batch.summary import RunStats, RunSummary, build_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ async def run_job(
     run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
     run.hosts = pool.hosts
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
+    if config.shard is not None:
+        log.info("shard %s: only the rows whose id hashes to it", config.shard)
     try:
         await run.execute(handle_signals=handle_signals, show=show)
         if config.ordered and resumed:  # a rerun appended after the rows it kept
@@ -136,6 +139,7 @@ async def run_job(
             stopped_by=run.stopped_by,
             errors_path=config.errors_file,
             host_report=pool.report(),
+            shard=config.shard,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -209,6 +213,7 @@ class _Run:
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
         resuming = len(self.ids) > 0
+        shard = self.config.shard_spec
         sizer = LineCountGuess(self.config.input)
         seq = 0
         async with send:
@@ -219,6 +224,10 @@ class _Run:
                             return
                         if sizer.pending and (guess := sizer.after(raw)):
                             self.ids.reserve(guess)
+                        if shard is not None and not shard.holds(
+                            row_key(self.builder, number, raw)
+                        ):
+                            continue  # another shard's row: not read further, not counted
                         sighting = None
                         if resuming and (given := self.builder.peek_id(number, raw)) is not None:
                             sighting = self.ids.sight(id_key(given))

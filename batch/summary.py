@@ -91,6 +91,7 @@ def build_summary(
     stopped_by: str | None,
     errors_path: Path | None = None,
     host_report: dict[str, dict[str, Any]] | None = None,
+    shard: str | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
@@ -124,6 +125,8 @@ def build_summary(
         },
         "complete": fatal is None and stopped_by is None,
     }
+    if shard is not None:
+        record["shard"] = shard
     if host_report is not None:
         record["by_host"] = {
             name: {
