@@ -5,9 +5,11 @@ health, from up to out of rotation and back.
 
 A host goes out of rotation when it refuses a connection, or after `OUT_AFTER` failed requests in
 a row (dropped connections, 5xx, timeouts). It is probed (`GET /`) after a backoff that doubles
-with each failure, and rejoins when the probe answers. A host whose failures in a row reach the
-run's attempt budget is `lost`: still probed, at the longest backoff, but once every host is lost
-the run stops. A host that lacks a model is left out for that model's rows.
+with each failure, and rejoins when the probe answers. A host that could not be reached (refused
+connections, failed probes) as many times in a row as the run's attempt budget, with no request
+completed in between, is `lost`: still probed, at the longest backoff, but once every host is
+lost the run stops. A host that answers, even with errors, is never lost: its rows fail by their
+own attempts, as on a single host. A host that lacks a model is left out for that model's rows.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Host:
     in_flight: int = 0
     up: bool = True
     failures_in_a_row: int = 0
+    unreachable_in_a_row: int = 0  # refused connections and failed probes
     next_probe: float = 0.0
     probing: bool = False
     lacks: set[str] = field(default_factory=set)  # models this host does not have
@@ -95,7 +98,7 @@ class Host:
 
     @property
     def lost(self) -> bool:
-        return not self.up and self.failures_in_a_row >= self.policy.lost_after
+        return not self.up and self.unreachable_in_a_row >= self.policy.lost_after
 
     def free(self) -> int:
         return self.capacity - self.in_flight if self.up else 0
@@ -105,7 +108,7 @@ class Host:
 
     def succeeded(self) -> None:
         self.completed += 1
-        self.failures_in_a_row = 0
+        self.failures_in_a_row = self.unreachable_in_a_row = 0
 
     def failed(self, failure: Transient) -> bool:
         """Count a failed request; True when that took the host out of rotation."""
@@ -113,6 +116,7 @@ class Host:
         if failure.cause in NOT_THE_HOSTS_FAULT:
             return False
         self.failures_in_a_row += 1
+        self.unreachable_in_a_row += failure.cause == "connect"
         self.last_failure = failure.message
         if self.up and (failure.cause == "connect" or self.failures_in_a_row >= OUT_AFTER):
             self.up = False
@@ -126,6 +130,7 @@ class Host:
             self.up = True  # failures in a row stay: only a completed request clears them
         else:
             self.failures_in_a_row += 1
+            self.unreachable_in_a_row += 1
             self._schedule_probe()
 
     def _schedule_probe(self) -> None:

@@ -121,7 +121,7 @@ class HostPool:
             log.warning(
                 "%s still fails after %d tries (%s): probing it now and then",
                 host.name,
-                host.failures_in_a_row,
+                host.unreachable_in_a_row,
                 host.last_failure,
             )
             self._wake(everyone=True)  # waiters may now see that no host is left
@@ -170,7 +170,7 @@ class HostPool:
 
     def _none_left(self, hosts: list[Host]) -> FatalRunError:
         reasons = "; ".join(
-            f"{h.last_failure or h.name} after {h.failures_in_a_row} attempts" for h in hosts
+            f"{h.last_failure or h.name} after {h.unreachable_in_a_row} attempts" for h in hosts
         )
         if len(self._hosts) == 1:
             return FatalRunError(

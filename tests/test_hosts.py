@@ -155,3 +155,13 @@ async def test_the_run_stops_only_when_every_host_is_gone(
     for fake in fakes:
         assert f"cannot connect to {fake.url} after 2 attempts" in str(caught.value)
     assert summary_of(config)["complete"] is False
+
+
+async def test_a_host_that_answers_only_errors_fails_rows_not_the_run(tmp_path: Path) -> None:
+    with FakeOllama(models=["m"]) as broken:
+        broken.add_fault(Fault("crash", times=None))
+        config = config_for(tmp_path, 6, [broken.url], max_attempts=2, backoff=0)
+        summary = await run_job(config)
+    assert summary.rows["error"] == 6
+    assert summary.fatal is None
+    assert summary.record["by_host"][broken.url]["taken_out"] >= 1
