@@ -37,7 +37,6 @@ from batch.reader import LineCountGuess, read_lines
 from batch.reorder import ReorderWindow, sort_by_line
 from batch.rows import Row, RowBuilder, id_key
 from batch.schema import OutputSchema, load_schema
-from batch.shards import row_key
 from batch.summary import RunStats, RunSummary, build_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -209,6 +208,7 @@ class _Run:
                         self.config.input,
                         self.config.log_every,
                         self.hosts,
+                        self.config.shard_spec.count if self.config.shard_spec else 1,
                     )
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
@@ -224,12 +224,13 @@ class _Run:
                             return
                         if sizer.pending and (guess := sizer.after(raw)):
                             self.ids.reserve(guess)
-                        if shard is not None and not shard.holds(
-                            row_key(self.builder, number, raw)
-                        ):
+                        given = None
+                        if shard is not None or resuming:
+                            given = self.builder.peek_id(number, raw)
+                        if shard is not None and not shard.holds_line(number, given):
                             continue  # another shard's row: not read further, not counted
                         sighting = None
-                        if resuming and (given := self.builder.peek_id(number, raw)) is not None:
+                        if resuming and given is not None:
                             sighting = self.ids.sight(id_key(given))
                             if sighting is Sighting.DONE:
                                 self.stats.skipped += 1

@@ -29,13 +29,18 @@ log = logging.getLogger(__name__)
 
 
 async def show_progress(
-    stats: RunStats, input_path: Path, log_every: float, hosts: Sequence[Host] = ()
+    stats: RunStats,
+    input_path: Path,
+    log_every: float,
+    hosts: Sequence[Host] = (),
+    shards: int = 1,
 ) -> None:
     total: int | None = None
 
     async def count() -> None:
         nonlocal total
-        total = await anyio.to_thread.run_sync(count_lines, input_path, abandon_on_cancel=True)
+        lines = await anyio.to_thread.run_sync(count_lines, input_path, abandon_on_cancel=True)
+        total = -(-lines // shards)  # a shard's share, about: the hash spreads rows evenly
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(count)

@@ -34,6 +34,10 @@ class Shard:
     def holds(self, key: str) -> bool:
         return self.count == 1 or shard_of(key, self.count) == self.index
 
+    def holds_line(self, line: int, given: RowId | None) -> bool:
+        """Whether the row of `line`, whose own id is `given` (`RowBuilder.peek_id`), is ours."""
+        return self.holds(id_key(line if given is None else given))
+
 
 def shard_of(key: str, count: int) -> int:
     """The shard of an id key (`batch.rows.id_key`): blake2b, the same on every machine."""
@@ -44,7 +48,7 @@ def shard_of(key: str, count: int) -> int:
 def row_key(builder: RowBuilder, line: int, raw: bytes) -> str:
     """The id key a line's row will have: its own id, else its line number (as for a row
     without an id, or one that cannot be read)."""
-    given: RowId | None = builder.peek_id(line, raw)
+    given = builder.peek_id(line, raw)
     return id_key(line if given is None else given)
 
 

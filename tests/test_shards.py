@@ -12,6 +12,7 @@ import pytest
 from batch.cli import main
 from batch.config import load_config
 from batch.errors import ConfigError
+from batch.rows import id_key
 from batch.shards import parse_shard, shard_from_environ, shard_of
 from batch.testing import FakeOllama
 
@@ -88,6 +89,9 @@ def test_shards_resume_and_merge_into_one_line_per_row(
         sent = fake.request_count
         assert run_shard(path, fake, "2/4") == 0  # a rerun resumes: nothing left to send
         assert fake.request_count == sent
+    for k in range(4):  # by the hash of each row's own id (0 included), not of its line
+        shard_ids = ids_in(tmp_path / f"in.shard-{k}-of-4.out.jsonl")
+        assert {shard_of(id_key(i), 4) for i in shard_ids} == {k}
     assert main(["merge", str(path)]) == 0
     merged = tmp_path / "in.out.jsonl"
     assert sorted(ids_in(merged)) == list(range(50))
