@@ -4,6 +4,7 @@ concurrency, a host that dies, one that answers 503, one without the model."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from batch.cli import main
 from batch.config import JobConfig, load_config
 from batch.errors import ConfigError, FatalRunError
 from batch.hosts import parse_host
@@ -165,3 +167,14 @@ async def test_a_host_that_answers_only_errors_fails_rows_not_the_run(tmp_path: 
     assert summary.rows["error"] == 6
     assert summary.fatal is None
     assert summary.record["by_host"][broken.url]["taken_out"] >= 1
+
+
+def test_the_end_of_a_run_prints_a_line_per_host(
+    tmp_path: Path, fakes: list[FakeOllama], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", 20)
+    argv = ["run", str(path), "--model", "m", "-q", "--host", f"{fakes[0].url}#2"]
+    assert main([*argv, "--host", fakes[1].url]) == 0
+    err = capsys.readouterr().err
+    for fake in fakes[:2]:
+        assert re.search(rf"{re.escape(fake.url)}: \d+ ok, 0 failed, .* now up", err)

@@ -119,3 +119,11 @@ def test_merge_names_missing_and_duplicated_rows(
     third = tmp_path / "in.shard-0-of-3.out.jsonl"
     assert main(["merge", str(path), *map(str, halves), str(third)]) == 2
     assert "in more than one output" in capsys.readouterr().err
+
+
+def test_merge_without_shard_outputs_says_what_it_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", [1])
+    assert main(["merge", str(path)]) == 2
+    assert "in.shard-0-of-4.out.jsonl" in capsys.readouterr().err
