@@ -102,7 +102,9 @@ class HostPool:
             if due:
                 await self._probe(due[0])
                 continue
-            await self._wait(min((h.next_probe for h in candidates if not h.up), default=None))
+            # A probe under way wakes everyone when it ends; other down hosts, when theirs is due.
+            pending = [h.next_probe for h in candidates if not h.up and not h.probing]
+            await self._wait(min(pending, default=None))
 
     async def _probe(self, host: Host) -> None:
         host.probing = True
@@ -110,13 +112,15 @@ class HostPool:
             # A backend that cannot be probed (the embedded one, fakes at the seam) is let back
             # in, and its next request tells.
             answered = await host.backend.probe() if isinstance(host.backend, Probed) else True
-        finally:
+        except anyio.get_cancelled_exc_class():
             host.probing = False
+            self._wake(everyone=True)  # the probe is due again: another waiter takes it
+            raise
+        host.probing = False
         was_lost = host.lost
         host.probed(answered)
         if answered:
             log.warning("%s answers again: back in rotation", host.name)
-            self._wake(everyone=True)
         elif host.lost and not was_lost:
             log.warning(
                 "%s still fails after %d tries (%s): probing it now and then",
@@ -124,7 +128,8 @@ class HostPool:
                 host.unreachable_in_a_row,
                 host.last_failure,
             )
-            self._wake(everyone=True)  # waiters may now see that no host is left
+        # Waiters may now send to it, see that no host is left, or wait for its next probe.
+        self._wake(everyone=True)
 
     async def _wait(self, until: float | None) -> None:
         """Until a slot frees, a host changes state, or `until` (monotonic) comes."""
