@@ -116,7 +116,8 @@ class Host:
         if failure.cause in NOT_THE_HOSTS_FAULT:
             return False
         self.failures_in_a_row += 1
-        self.unreachable_in_a_row += failure.cause == "connect"
+        # Once per outage: requests already under way when it went down are refused together.
+        self.unreachable_in_a_row += failure.cause == "connect" and self.up
         self.last_failure = failure.message
         if self.up and (failure.cause == "connect" or self.failures_in_a_row >= OUT_AFTER):
             self.up = False

@@ -14,10 +14,11 @@ import pytest
 
 from batch.cli import main
 from batch.config import JobConfig, load_config
-from batch.errors import ConfigError, FatalRunError
-from batch.hosts import parse_host
+from batch.errors import ConfigError, FatalRunError, Transient
+from batch.hosts import Host, HostPolicy, parse_host
 from batch.pipeline import run_job
 from batch.testing import FakeOllama, Fault
+from tests.seam import ScriptedBackend, completion
 
 
 def write_rows(path: Path, n: int) -> Path:
@@ -178,3 +179,21 @@ def test_the_end_of_a_run_prints_a_line_per_host(
     err = capsys.readouterr().err
     for fake in fakes[:2]:
         assert re.search(rf"{re.escape(fake.url)}: \d+ ok, 0 failed, .* now up", err)
+
+
+def test_a_host_state_follows_its_failures() -> None:
+    host = Host(ScriptedBackend(lambda _: completion("x")), 4, HostPolicy(lost_after=2))
+    busy = Transient("http_503", "busy")
+    assert not host.failed(busy) and not host.failed(busy)
+    assert not host.failed(Transient("http_429", "quota"))  # the caller's, not the host's
+    assert host.failed(busy) and host.state == "down"  # the third in a row
+    host.probed(True)
+    host.succeeded()
+    assert host.state == "up" and host.failures_in_a_row == 0
+    assert host.failed(Transient("connect", "refused"))  # at once
+    assert not host.failed(Transient("connect", "refused"))  # one in flight beside it: same outage
+    assert host.state == "down"
+    host.probed(False)
+    assert host.state == "lost"  # refused, then no answer to GET /: two tries
+    host.probed(True)
+    assert host.state == "up"
