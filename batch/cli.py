@@ -133,13 +133,56 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "on", "off", "low", "medium", "high"],
         help="thinking for thinking models (default auto: off when a schema is set)",
     )
+    add("--shard", metavar="K/N", help="run only shard K (from 0) of N; see README 'Shards'")
+    add("--shards", type=int, metavar="N", help="shard count when K comes from the scheduler")
     add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
     add("-q", "--quiet", action="store_true", help="no progress display")
     run.add_argument(
         "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_merge(commands)
     return parser
+
+
+def _add_merge(commands: Any) -> None:
+    merge = commands.add_parser(
+        "merge",
+        help="combine shard outputs into one and check every row is there once",
+        description="Combine the outputs and summaries of a sharded run (--shard K/N) into one "
+        "output and one summary, and check that every input row appears exactly once. "
+        "Exit 0: all there, all ok; 1: all there, some failed; 2: rows missing or duplicated.",
+    )
+    merge.add_argument("input", type=Path, help="the JSONL file the shards labelled")
+    merge.add_argument(
+        "shards",
+        type=Path,
+        nargs="*",
+        help="shard outputs (default: INPUT.shard-K-of-N.out.jsonl beside the input)",
+    )
+    merge.add_argument("-o", "--output", type=Path, help="merged output (default INPUT.out.jsonl)")
+    merge.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from batch.config import JobConfig
+    from batch.errors import BatchError
+    from batch.merge import merge_shards, shard_outputs_beside
+
+    plain = JobConfig(input=args.input, output=args.output)
+    outputs = args.shards or shard_outputs_beside(args.input)
+    try:
+        report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
+    except (BatchError, OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    sys.stderr.write(
+        f"{report.describe()}\nmerged {len(outputs)} shard outputs into {plain.output_path}; "
+        f"summary: {plain.summary_path}\n"
+    )
+    if not report.exact:
+        return EXIT_FATAL
+    return EXIT_ROWS_FAILED if report.error else EXIT_OK
 
 
 def _add(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
@@ -148,6 +191,9 @@ def _add(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "merge":
+        _configure_logging(args.verbose, quiet=False)
+        return _merge(args)
     verbose = args.__dict__.pop("verbose")
     job_file = args.__dict__.pop("job_file")
     args.__dict__.pop("command")

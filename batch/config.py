@@ -32,6 +32,8 @@ from batch.access import (
     redacted_host,
 )
 from batch.errors import ConfigError
+from batch.hosts import check_host_list
+from batch.shards import Shard, parse_shard, shard_from_environ
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # Labelling wants the same answer on every run: greedy decoding unless the user says otherwise.
@@ -77,6 +79,9 @@ class JobConfig(BaseModel):
     proxy: SecretStr | None = None  # for every host, loopback included; None: HTTP(S)_PROXY
     keep_alive: float | str | None = None  # None: 30m while running, then the server's default
     think: ThinkSetting = None  # None: off when a schema is set, else the model's default
+    # Shards (batch/shards.py): "K/N", or N alone with K from the scheduler's environment.
+    shard: str | None = None
+    shards: int | None = Field(None, ge=1, le=100_000)
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -92,6 +97,26 @@ class JobConfig(BaseModel):
     @classmethod
     def _think_parses(cls, value: Any) -> ThinkSetting:
         return parse_think(value)
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_parses(cls, shard: str | None) -> str | None:
+        return None if shard is None else str(parse_shard(shard))
+
+    @model_validator(mode="after")
+    def _shards_agree(self) -> JobConfig:
+        if self.shards is not None and self.shard is None:
+            raise ValueError(
+                f"--shards {self.shards} needs the shard to run: give --shard K/{self.shards}, "
+                "or run under a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)"
+            )
+        if self.shards is not None and (spec := self.shard_spec) and spec.count != self.shards:
+            raise ValueError(f"--shard {spec} and --shards {self.shards} disagree on N")
+        return self
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        return None if self.shard is None else parse_shard(self.shard)
 
     @model_validator(mode="after")
     def _access_is_consistent(self) -> JobConfig:
@@ -110,6 +135,7 @@ class JobConfig(BaseModel):
     def _some_host(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
         if not hosts or not all(h.strip() for h in hosts):
             raise ValueError("give at least one non-empty host URL")
+        check_host_list(hosts)  # URL#N syntax, no host twice
         return hosts
 
     @field_validator("template")
@@ -127,7 +153,8 @@ class JobConfig(BaseModel):
 
     @property
     def output_path(self) -> Path:
-        return self.output or _swap_suffix(self.input, ".out.jsonl")
+        sharded = self.shard_spec.suffix if self.shard_spec else ""
+        return self.output or _swap_suffix(self.input, sharded + ".out.jsonl")
 
     @property
     def summary_path(self) -> Path:
@@ -169,6 +196,8 @@ FLAG_NAMES = {
     "proxy": "--proxy",
     "keep_alive": "--keep-alive",
     "think": "--think",
+    "shard": "--shard",
+    "shards": "--shards",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
 PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle")
@@ -194,6 +223,8 @@ def load_config(
                 value = merge_headers(merged.get("headers", {}), value, source or "--header")
             merged[key] = value
             origin[key] = source or FLAG_NAMES.get(key, key)
+    if "shard" not in merged and (shard := shard_from_environ(environ, merged.get("shards"))):
+        merged["shard"], origin["shard"] = shard, "the scheduler's environment"
     try:
         return JobConfig(**merged)
     except ValidationError as exc:

@@ -3,6 +3,7 @@
 BatchError
 ├── ConfigError ........ bad flags, job file, schema or paths: the user fixes the command (exit 2)
 ├── FatalRunError ...... the run cannot go on: unknown model, unreachable host (exit 2)
+│   └── ModelMissing ... one host lacks the model: with other hosts, the run goes on without it
 └── RowFailure ......... one row failed; becomes an error line in the output, never a crash
     ├── BadInput ....... the input line itself is unusable (not sent)
     ├── Retryable ...... worth another attempt
@@ -27,6 +28,15 @@ class ConfigError(BatchError):
 
 class FatalRunError(BatchError):
     """A failure that every further row would hit too, so the run stops."""
+
+
+class ModelMissing(FatalRunError):
+    """A host does not have a model. Fatal only when no host of the run has it."""
+
+    def __init__(self, message: str, *, model: str, host: str) -> None:
+        super().__init__(message)
+        self.model = model
+        self.host = host
 
 
 class RowFailure(BatchError):

@@ -20,12 +20,10 @@ from tenacity import (
 from batch.backends.base import ChatRequest, Completion, Usage
 from batch.errors import (
     BadInput,
-    FatalRunError,
     InvalidOutput,
     PromptTruncated,
     Retryable,
     RowFailure,
-    Transient,
 )
 from batch.images import attach_images, has_images
 from batch.pool import HostPool
@@ -116,13 +114,6 @@ class Labeller:
                 result.output = await self._try(base, result, schema)
             except Retryable as first:
                 await self._retry(row, base, first, result, schema)
-        except Transient as failure:
-            result.failure = failure
-            if failure.cause == "connect":
-                raise FatalRunError(
-                    f"{failure.message} after {result.attempts} attempts: is Ollama running "
-                    "there? Start it (`ollama serve`) or point --host / OLLAMA_HOST at it"
-                ) from None
         except RowFailure as failure:
             result.failure = failure
         result.elapsed_s = time.monotonic() - started

@@ -22,10 +22,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.backends.base import Backend
-from batch.backends.select import open_backends
+from batch.backends.select import host_concurrency, open_backends
 from batch.config import JobConfig
 from batch.errors import BadInput, BatchError, ConfigError, FatalRunError
 from batch.formats.openai_out import openai_record
+from batch.hosts import Host, HostPolicy
 from batch.idset import IdSet, Sighting
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy, RowResult
@@ -99,9 +100,13 @@ async def run_job(
     if (errors_file := config.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
+    concurrency = host_concurrency(config)
     if backends is None:
         backends = open_backends(config)
-    pool = HostPool(backends, config.concurrency)
+    elif len(backends) != len(concurrency):  # backends given in place of the configured hosts
+        concurrency = [config.concurrency] * len(backends)
+    host_policy = HostPolicy(config.max_attempts, config.backoff, config.backoff_max)
+    pool = HostPool(backends, concurrency, host_policy)
     builder = RowBuilder(
         model=config.model,
         options=config.options,
@@ -112,7 +117,10 @@ async def run_job(
     )
     policy = RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
     run = _Run(config, builder, Labeller(pool, policy, schema), done, stamp, pool.capacity, stats)
+    run.hosts = pool.hosts
     log.info("labelling %s with %s on %s", config.input, config.model, ", ".join(pool.names))
+    if config.shard is not None:
+        log.info("shard %s: only the rows whose id hashes to it", config.shard)
     try:
         await run.execute(handle_signals=handle_signals, show=show)
         if config.ordered and resumed:  # a rerun appended after the rows it kept
@@ -129,6 +137,8 @@ async def run_job(
             fatal=str(run.fatal) if run.fatal else None,
             stopped_by=run.stopped_by,
             errors_path=config.errors_file,
+            host_report=pool.report(),
+            shard=config.shard,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -150,6 +160,7 @@ class _Run:
     fatal: BatchError | None = None
     stopped_by: str | None = None
     window: ReorderWindow[tuple[bytes, bool]] | None = None  # with --ordered
+    hosts: list[Host] = field(default_factory=list)  # for the progress display
 
     def __post_init__(self) -> None:
         if self.config.ordered:
@@ -192,11 +203,17 @@ class _Run:
                     tg.start_soon(self._on_signals)
                 if show:
                     tg.start_soon(
-                        show_progress, self.stats, self.config.input, self.config.log_every
+                        show_progress,
+                        self.stats,
+                        self.config.input,
+                        self.config.log_every,
+                        self.hosts,
+                        self.config.shard_spec.count if self.config.shard_spec else 1,
                     )
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
         resuming = len(self.ids) > 0
+        shard = self.config.shard_spec
         sizer = LineCountGuess(self.config.input)
         seq = 0
         async with send:
@@ -207,8 +224,13 @@ class _Run:
                             return
                         if sizer.pending and (guess := sizer.after(raw)):
                             self.ids.reserve(guess)
+                        given = None
+                        if shard is not None or resuming:
+                            given = self.builder.peek_id(number, raw)
+                        if shard is not None and not shard.holds_line(number, given):
+                            continue  # another shard's row: not read further, not counted
                         sighting = None
-                        if resuming and (given := self.builder.peek_id(number, raw)) is not None:
+                        if resuming and given is not None:
                             sighting = self.ids.sight(id_key(given))
                             if sighting is Sighting.DONE:
                                 self.stats.skipped += 1

@@ -29,6 +29,8 @@ class RunStats:
     usage: Usage = field(default_factory=Usage)
     retries: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    host_ok: Counter[str] = field(default_factory=Counter)  # rows by the host of their last attempt
+    host_failed: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -43,9 +45,13 @@ class RunStats:
     def count(self, result: RowResult) -> None:
         if result.failure is None:
             self.ok += 1
+            if result.host is not None:
+                self.host_ok[result.host] += 1
         else:
             self.error += 1
             self.errors[result.failure.kind] += 1
+            if result.host is not None:
+                self.host_failed[result.host] += 1
         self.attempts += result.attempts
         self.usage.add(result.usage)
         self.retries.update(result.retries)
@@ -84,6 +90,8 @@ def build_summary(
     fatal: str | None,
     stopped_by: str | None,
     errors_path: Path | None = None,
+    host_report: dict[str, dict[str, Any]] | None = None,
+    shard: str | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
@@ -117,6 +125,17 @@ def build_summary(
         },
         "complete": fatal is None and stopped_by is None,
     }
+    if shard is not None:
+        record["shard"] = shard
+    if host_report is not None:
+        record["by_host"] = {
+            name: {
+                "rows_ok": stats.host_ok[name],
+                "rows_failed": stats.host_failed[name],
+                **report,
+            }
+            for name, report in host_report.items()
+        }
     if fatal is not None:
         record["fatal"] = fatal
     if stopped_by is not None:
@@ -149,6 +168,14 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(
             f"{truncated} prompts filled the model's context and were likely cut by the server: "
             "raise num_ctx or shorten them (see error.context_length in those rows)"
+        )
+    by_host = r.get("by_host") or {}
+    for name, host in by_host.items() if len(by_host) > 1 else ():
+        lacks = f", lacks {', '.join(host['lacks_models'])}" if host["lacks_models"] else ""
+        lines.append(
+            f"  {name}: {host['rows_ok']} ok, {host['rows_failed']} failed, "
+            f"{host['failures']} failed requests, out of rotation {host['taken_out']}x, "
+            f"{host['completed_per_s']:.1f} replies/s, now {host['state']}{lacks}"
         )
     if summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")

@@ -113,8 +113,8 @@ def test_a_server_that_comes_up_late_is_waited_for(tmp_path: Path) -> None:
     path = write_rows(tmp_path, 5)
     proc = start(path, f"http://127.0.0.1:{port}", "-v", "--max-attempts", "20")
     assert proc.stderr is not None
-    for line in proc.stderr:  # the first refused attempt is logged; then the server starts
-        if "attempt 1 failed" in line:
+    for line in proc.stderr:  # the first refused connection is logged; then the server starts
+        if "out of rotation" in line:
             break
     with FakeOllama(models=["m"], port=port):
         code, err = finish(proc)

@@ -30,7 +30,7 @@ from batch.backends.http_client import (
     tls_failure,
 )
 from batch.backends.model_check import ModelCheck
-from batch.errors import FatalRunError, Rejected, Transient
+from batch.errors import FatalRunError, ModelMissing, Rejected, Transient
 
 __all__ = ["RUN_KEEP_ALIVE", "OllamaBackend", "display_host"]
 
@@ -43,6 +43,7 @@ DURATION_FIELDS = ("total_duration", "load_duration", "prompt_eval_duration", "e
 # scheduler also unloads the idle model with the shortest keep-alive first.
 RUN_KEEP_ALIVE = "30m"
 HAND_BACK_SECONDS = 5.0
+PROBE_SECONDS = 5.0
 
 
 class OllamaBackend:
@@ -85,6 +86,21 @@ class OllamaBackend:
                         await self._restore_keep_alive(model)
         finally:
             await self._client.close()  # type: ignore[no-untyped-call]
+
+    async def probe(self) -> bool:
+        """Whether the server answers `GET /` (Ollama says "Ollama is running"), for a host that
+        went out of rotation. A fresh connection: the client's pooled ones may be dead."""
+        try:
+            async with httpx.AsyncClient(
+                base_url=self._connection.host,
+                timeout=httpx.Timeout(min(self._timeout, PROBE_SECONDS)),
+                **self._connection.kwargs,
+            ) as client:
+                response = await client.get("/")
+        except httpx.HTTPError as exc:
+            log.debug("%s: probe failed: %s", self._name, self._redact(str(exc)))
+            return False
+        return response.status_code < 500
 
     async def _restore_keep_alive(self, model: str) -> None:
         """A load-only request without keep_alive: the server's default applies again, as if
@@ -194,9 +210,11 @@ class OllamaBackend:
         if status in RETRY_STATUSES:
             return Transient(f"http_{status}", where, kind="http", status_code=status)
         if status == 404 and "not found" in text and "page" not in text:
-            return FatalRunError(
+            return ModelMissing(
                 f"model {model!r} is not available on {self._name}: "
-                f"pull it there (`ollama pull {model}`) or pass another --model"
+                f"pull it there (`ollama pull {model}`) or pass another --model",
+                model=model,
+                host=self._name,
             )
         if status == 404 and route != "/api/chat":  # a proxy may route only what it must
             return Rejected(where, status_code=status)

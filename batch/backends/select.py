@@ -7,6 +7,12 @@ import os
 
 from batch.backends.base import Backend
 from batch.config import JobConfig
+from batch.hosts import parse_host
+
+
+def host_concurrency(config: JobConfig) -> list[int]:
+    """Each host's own `#N`, else --concurrency."""
+    return [parse_host(h).concurrency or config.concurrency for h in config.hosts]
 
 
 def open_backends(config: JobConfig) -> list[Backend]:
@@ -15,14 +21,13 @@ def open_backends(config: JobConfig) -> list[Backend]:
     from batch.backends.ollama import OllamaBackend
 
     backends: list[Backend] = []
-    for host in config.hosts:
+    for host, concurrency in zip(config.hosts, host_concurrency(config), strict=True):
+        host = parse_host(host).url
         if is_embedded(host):
             backends.append(
                 EmbeddedBackend(
                     config.model,
-                    contexts=min(
-                        config.embedded_contexts or os.cpu_count() or 1, config.concurrency
-                    ),
+                    contexts=min(config.embedded_contexts or os.cpu_count() or 1, concurrency),
                     timeout=config.timeout,
                     options=config.options,
                 )
@@ -31,7 +36,7 @@ def open_backends(config: JobConfig) -> list[Backend]:
             backends.append(
                 OllamaBackend(
                     host,
-                    concurrency=config.concurrency,
+                    concurrency=concurrency,
                     timeout=config.timeout,
                     access=AccessSettings.from_config(config),
                     keep_alive=config.keep_alive,

@@ -1,0 +1,129 @@
+"""Shards: a stable split by id, read from the scheduler's environment, and merged back."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch.cli import main
+from batch.config import load_config
+from batch.errors import ConfigError
+from batch.rows import id_key
+from batch.shards import parse_shard, shard_from_environ, shard_of
+from batch.testing import FakeOllama
+
+
+def write_rows(path: Path, ids: list[Any]) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in ids))
+    return path
+
+
+def ids_in(path: Path) -> list[Any]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def run_shard(path: Path, fake: FakeOllama, shard: str, *extra: str) -> int:
+    argv = ["run", str(path), "--model", "m", "--host", fake.url, "-q", "--shard", shard]
+    return main([*argv, *extra])
+
+
+def test_a_row_shard_is_pinned_by_its_id_alone() -> None:
+    # Pinned values: a change of hash would split a half-done sharded run differently.
+    assert [shard_of(f"i{n}", 4) for n in range(8)] == [3, 2, 2, 1, 3, 1, 1, 1]
+    assert shard_of("sdoc-1", 4) == 1
+    assert {shard_of(f"s{n}", 3) for n in range(100)} == {0, 1, 2}
+    assert shard_of("i7", 1) == 0
+
+
+def test_shard_values_and_the_scheduler_environment() -> None:
+    assert str(parse_shard("2/8")) == "2/8"
+    for bad in ("8/8", "1", "a/b", "-1/4"):
+        with pytest.raises(ValueError, match="K/N"):
+            parse_shard(bad)
+    assert shard_from_environ({"JOB_COMPLETION_INDEX": "3"}, 4) == "3/4"
+    assert shard_from_environ({"JOB_COMPLETION_INDEX": "3"}, None) is None  # N is not published
+    slurm = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "2"}
+    assert shard_from_environ(slurm, None) == "3/4"
+    assert shard_from_environ({}, 4) is None
+
+
+def test_the_config_names_each_shard_output_apart(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "in.jsonl", [1])
+    config = load_config({"input": path, "shards": 4}, {"JOB_COMPLETION_INDEX": "1"})
+    assert config.shard == "1/4"
+    assert config.output_path.name == "in.shard-1-of-4.out.jsonl"
+    assert config.summary_path.name == "in.shard-1-of-4.out.summary.json"
+    with pytest.raises(ConfigError, match="--shard K/4"):
+        load_config({"input": path, "shards": 4}, {})
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config({"input": path, "shards": 4, "shard": "1/3"}, {})
+
+
+def test_shards_split_the_rows_whatever_their_order(tmp_path: Path) -> None:
+    ids: list[Any] = [*range(40), *(f"doc-{n}" for n in range(20))]
+    shuffled = random.Random(7).sample(ids, len(ids))
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    with FakeOllama(models=["m"]) as fake:
+        for folder, order in ((first, ids), (second, shuffled)):
+            path = write_rows(folder / "in.jsonl", order)
+            for k in range(3):
+                assert run_shard(path, fake, f"{k}/3") == 0
+    for k in range(3):
+        name = f"in.shard-{k}-of-3.out.jsonl"
+        assert sorted(map(str, ids_in(first / name))) == sorted(map(str, ids_in(second / name)))
+
+
+def test_shards_resume_and_merge_into_one_line_per_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", list(range(50)))
+    with FakeOllama(models=["m"]) as fake:
+        for k in range(4):
+            assert run_shard(path, fake, f"{k}/4") == 0
+        sent = fake.request_count
+        assert run_shard(path, fake, "2/4") == 0  # a rerun resumes: nothing left to send
+        assert fake.request_count == sent
+    for k in range(4):  # by the hash of each row's own id (0 included), not of its line
+        shard_ids = ids_in(tmp_path / f"in.shard-{k}-of-4.out.jsonl")
+        assert {shard_of(id_key(i), 4) for i in shard_ids} == {k}
+    assert main(["merge", str(path)]) == 0
+    merged = tmp_path / "in.out.jsonl"
+    assert sorted(ids_in(merged)) == list(range(50))
+    summary = json.loads((tmp_path / "in.out.summary.json").read_text())
+    assert summary["check"]["exactly_once"] is True
+    assert summary["rows"] == {"total": 50, "ok": 50, "error": 0}
+    assert summary["complete"] is True
+    assert "50 rows merged of 50" in capsys.readouterr().err
+
+
+def test_merge_names_missing_and_duplicated_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", list(range(30)))
+    with FakeOllama(models=["m"]) as fake:
+        for shard in ("0/2", "1/2", "0/3"):  # 0/3 overlaps both halves
+            assert run_shard(path, fake, shard) == 0
+    halves = [tmp_path / f"in.shard-{k}-of-2.out.jsonl" for k in range(2)]
+    lines = halves[1].read_text().splitlines(keepends=True)
+    lost = json.loads(lines[0])["id"]
+    halves[1].write_text("".join(lines[1:]))
+    assert main(["merge", str(path), *map(str, halves)]) == 2
+    err = capsys.readouterr().err
+    assert f"1 rows missing: {lost!r}" in err
+    third = tmp_path / "in.shard-0-of-3.out.jsonl"
+    assert main(["merge", str(path), *map(str, halves), str(third)]) == 2
+    assert "in more than one output" in capsys.readouterr().err
+
+
+def test_merge_without_shard_outputs_says_what_it_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", [1])
+    assert main(["merge", str(path)]) == 2
+    assert "in.shard-0-of-4.out.jsonl" in capsys.readouterr().err
