@@ -38,8 +38,9 @@ class IdSet:
         return self._find(_entry(key))[1] != _EMPTY
 
     def reserve(self, expected: int) -> None:
-        """Makes room for `expected` ids in all, in one resize rather than several."""
-        if _size_for(expected) > len(self._table):
+        """Makes room for `expected` ids in all, in one resize rather than several; none when
+        they already fit (a resize briefly holds two tables)."""
+        if expected > _MAX_LOAD * len(self._table):
             self._resize(_size_for(expected))
 
     def add(self, key: str) -> bool:
