@@ -43,7 +43,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -358,17 +358,38 @@ class FakeOllama:
 
     async def _counted(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
         arrived = time.monotonic_ns()
+        with self._tracked():
+            return await self._completion(request, chat, arrived)
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """A generation request in flight: counted in `max_in_flight`, cancelled by `stop()`.
+        Used by every route that generates (`/api/*` here, `/v1/*` in openai_compat)."""
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
         try:
-            return await self._completion(request, chat, arrived)
+            yield
         finally:
             self._in_flight -= 1
             if task is not None:
                 self._handlers.discard(task)
+
+    async def _hold_slot(self) -> tuple[int, int]:
+        """Holds a generation slot for `latency`; returns when it was taken and let go (ns)."""
+        assert self._slot_sem is not None
+        async with self._slot_sem:
+            started = time.monotonic_ns()
+            self._generating += 1
+            self.max_generating = max(self.max_generating, self._generating)
+            try:
+                if self.latency:
+                    await asyncio.sleep(self.latency)
+            finally:
+                self._generating -= 1
+            return started, time.monotonic_ns()
 
     # ---- chat and generate --------------------------------------------------------------------
 
@@ -453,17 +474,7 @@ class FakeOllama:
             return planned
         content, done_reason = planned
 
-        assert self._slot_sem is not None
-        async with self._slot_sem:
-            started = time.monotonic_ns()
-            self._generating += 1
-            self.max_generating = max(self.max_generating, self._generating)
-            try:
-                if self.latency:
-                    await asyncio.sleep(self.latency)
-            finally:
-                self._generating -= 1
-            generated = time.monotonic_ns()
+        started, generated = await self._hold_slot()
 
         if fault == "stream_error" and not stream:
             return _wire.error_response(500, _wire.STREAM_ERROR)

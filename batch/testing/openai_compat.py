@@ -207,17 +207,8 @@ class _OpenAICompat:
         with fake._arrivals:
             fake.request_count += 1
             fake._arrivals.notify_all()
-        fake._in_flight += 1
-        fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
-        task = asyncio.current_task()
-        if task is not None:
-            fake._handlers.add(task)
-        try:
+        with fake._tracked():
             return await self._complete(request, arrived)
-        finally:
-            fake._in_flight -= 1
-            if task is not None:
-                fake._handlers.discard(task)
 
     async def _complete(self, request: web.BaseRequest, arrived: int) -> web.StreamResponse:
         fake = self.fake
@@ -268,7 +259,7 @@ class _OpenAICompat:
             return _converted(planned)
         content, done_reason = planned
 
-        await self._generate()
+        await fake._hold_slot()
         if fault == "stream_error" and not stream:
             return error_response(500, _wire.STREAM_ERROR)
 
@@ -291,19 +282,6 @@ class _OpenAICompat:
             return _json(200, completion)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await reply.stream(request, usage if include_usage else None, fault)
-
-    async def _generate(self) -> None:
-        """Hold a generation slot for `latency`, as the fake's `/api/chat` does."""
-        fake = self.fake
-        assert fake._slot_sem is not None
-        async with fake._slot_sem:
-            fake._generating += 1
-            fake.max_generating = max(fake.max_generating, fake._generating)
-            try:
-                if fake.latency:
-                    await asyncio.sleep(fake.latency)
-            finally:
-                fake._generating -= 1
 
 
 class _Reply:
