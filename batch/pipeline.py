@@ -223,7 +223,8 @@ class _Run:
                         if self.stopping.is_set():
                             return
                         if sizer.pending and (guess := sizer.after(raw)):
-                            self.ids.reserve(guess)
+                            # A shard meets only its share of the ids.
+                            self.ids.reserve(guess // shard.count if shard else guess)
                         given = None
                         if shard is not None or resuming:
                             given = self.builder.peek_id(number, raw)
