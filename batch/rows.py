@@ -147,8 +147,7 @@ class RowBuilder:
         if not isinstance(data, dict):
             return None
         openai = is_openai_request(data)
-        if not self._first:
-            self._first["OpenAI Batch" if openai else "native"] = line
+        self._check_kind(line, "OpenAI Batch" if openai else "native")  # the first line decides
         row_id = data.get("custom_id") if openai else _given_id(data, default=None)
         return None if isinstance(row_id, bool) or not isinstance(row_id, str | int) else row_id
 
