@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
     if summary.stopped_by:
         return EXIT_BY_SIGNAL.get(summary.stopped_by, EXIT_FATAL)
-    return EXIT_ROWS_FAILED if summary.rows["error"] else EXIT_OK
+    return EXIT_ROWS_FAILED if summary.rows.error else EXIT_OK
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

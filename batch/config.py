@@ -3,6 +3,7 @@ file kept beside the data, over defaults. Validated once, here, into a frozen `J
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import string
@@ -33,6 +34,7 @@ from batch.access import (
 )
 from batch.errors import ConfigError
 from batch.hosts import check_host_list
+from batch.schema import OutputSchema
 from batch.shards import Shard, parse_shard, shard_from_environ
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -150,6 +152,32 @@ class JobConfig(BaseModel):
             if any(f == "" or f.isdigit() for f in fields):
                 raise ValueError("template fields must be named, as in {text}")
         return template
+
+    def check_paths(self) -> None:
+        """The files a run reads and writes: the input exists, and nothing overwrites it."""
+        if not self.input.is_file():
+            raise ConfigError(f"input file {self.input} does not exist")
+        if self.output_path.resolve() == self.input.resolve():
+            raise ConfigError(f"the output would overwrite the input {self.input}: change --output")
+        if self.errors_file and self.errors_file.resolve() in (
+            self.input.resolve(),
+            self.output_path.resolve(),
+        ):
+            raise ConfigError(f"--errors-file {self.errors_file} must differ from input and output")
+
+    def fingerprint(self, schema: OutputSchema | None) -> str:
+        """Names the settings that shape a label; rows from different settings never mix."""
+        shaping: dict[str, Any] = {
+            "model": self.model,
+            "schema": schema.json_schema if schema else None,
+            "template": self.template,
+            "system": self.system,
+            "options": self.options,
+        }
+        if self.think is not None:  # only when set, so that earlier outputs keep their stamp
+            shaping["think"] = self.think
+        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
     def output_path(self) -> Path:

@@ -56,6 +56,10 @@ class RowFailure(BatchError):
 class BadInput(RowFailure):
     kind = "bad_input"
 
+    def at_line(self, line: int) -> BadInput:
+        """The same failure, naming the input line: the one place a message gets its line."""
+        return BadInput(f"line {line}: {self.message}", **self.details)
+
 
 class Retryable(RowFailure):
     """`cause` keys the summary's retry counters (e.g. `http_503`, `connect`, `validation`)."""

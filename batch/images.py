@@ -45,12 +45,10 @@ class ImageRef:
     policy: ImagePolicy
 
 
-def image_refs(line: int, values: Any, where: str, policy: ImagePolicy) -> list[ImageRef]:
+def image_refs(values: Any, where: str, policy: ImagePolicy) -> list[ImageRef]:
     """`values` (a row's list of image strings) as refs, or `BadInput` saying what is wrong."""
     if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-        raise BadInput(
-            f"line {line}: {where} must be an array of image paths, data: URLs or base64 strings"
-        )
+        raise BadInput(f"{where} must be an array of image paths, data: URLs or base64 strings")
     return [ImageRef(v, f"{where}[{i}]", policy) for i, v in enumerate(values)]
 
 
@@ -58,53 +56,52 @@ def has_images(request: ChatRequest) -> bool:
     return any(isinstance(m.get("images"), list) and m["images"] for m in request.messages)
 
 
-async def attach_images(request: ChatRequest, line: int) -> ChatRequest:
+async def attach_images(request: ChatRequest) -> ChatRequest:
     """The request with every `ImageRef` replaced by the image's bytes (the `ollama` client
     sends bytes as base64). Raises `BadInput` for an image that cannot be read."""
-    return await anyio.to_thread.run_sync(_attach, request, line)
+    return await anyio.to_thread.run_sync(_attach, request)
 
 
-def _attach(request: ChatRequest, line: int) -> ChatRequest:
+def _attach(request: ChatRequest) -> ChatRequest:
     messages: list[dict[str, Any]] = []
     for message in request.messages:
         images = message.get("images")
         if isinstance(images, list) and any(isinstance(i, ImageRef) for i in images):
-            loaded = [load_image(i, line) if isinstance(i, ImageRef) else i for i in images]
+            loaded = [load_image(i) if isinstance(i, ImageRef) else i for i in images]
             message = {**message, "images": loaded}
         messages.append(message)
     return replace(request, messages=messages)
 
 
-def load_image(ref: ImageRef, line: int) -> bytes:
+def load_image(ref: ImageRef) -> bytes:
     """The image's bytes. Blocking: call it from a worker thread."""
     value = ref.value
     if value.startswith("data:"):
-        return _from_data_url(ref, line)
+        return _from_data_url(ref)
     scheme = urlsplit(value).scheme.lower()
     if scheme in ("http", "https"):
         raise BadInput(
-            f"line {line}: {ref.where} is a web URL, which Ollama cannot fetch: download the "
+            f"{ref.where} is a web URL, which Ollama cannot fetch: download the "
             "image into the job's folder and give its path, or a data: URL"
         )
     if scheme == "file":
-        return _from_file(ref, line, Path(unquote(urlsplit(value).path)))
+        return _from_file(ref, Path(unquote(urlsplit(value).path)))
     decoded = _base64_image(value)
     if decoded is not None:
         return decoded
-    return _from_file(ref, line, Path(value))
+    return _from_file(ref, Path(value))
 
 
-def _from_data_url(ref: ImageRef, line: int) -> bytes:
+def _from_data_url(ref: ImageRef) -> bytes:
     header, comma, payload = ref.value.partition(",")
     if not comma or not header.endswith(";base64"):
         raise BadInput(
-            f"line {line}: {ref.where} is a data: URL without base64 data; "
-            "write it as data:image/png;base64,..."
+            f"{ref.where} is a data: URL without base64 data; write it as data:image/png;base64,..."
         )
     try:
         return binascii.a2b_base64(payload, strict_mode=True)
     except binascii.Error as exc:
-        raise BadInput(f"line {line}: {ref.where} holds invalid base64 ({exc})") from None
+        raise BadInput(f"{ref.where} holds invalid base64 ({exc})") from None
 
 
 def _base64_image(text: str) -> bytes | None:
@@ -122,24 +119,24 @@ def _base64_image(text: str) -> bytes | None:
     return data if webp or data.startswith(_SIGNATURES) else None
 
 
-def _from_file(ref: ImageRef, line: int, path: Path) -> bytes:
+def _from_file(ref: ImageRef, path: Path) -> bytes:
     root = ref.policy.root.resolve()
     target = (root / path).resolve()  # an absolute path stays absolute
     if not ref.policy.allow_outside and not target.is_relative_to(root):
         raise BadInput(
-            f"line {line}: {ref.where} {ref.value!r} is outside the job's folder {root.name}/: "
+            f"{ref.where} {ref.value!r} is outside the job's folder {root.name}/: "
             "move the image into it, or pass --allow-outside-images"
         )
     try:
         data = target.read_bytes()
     except FileNotFoundError:
         raise BadInput(
-            f"line {line}: {ref.where} {ref.value!r}: no such file (paths are relative to the "
+            f"{ref.where} {ref.value!r}: no such file (paths are relative to the "
             f"input file's folder), nor a data: URL, nor base64 of a {KINDS} image"
         ) from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise BadInput(f"line {line}: {ref.where} {ref.value!r} cannot be read: {reason}") from None
+        raise BadInput(f"{ref.where} {ref.value!r} cannot be read: {reason}") from None
     if not data:
-        raise BadInput(f"line {line}: {ref.where} {ref.value!r} is an empty file")
+        raise BadInput(f"{ref.where} {ref.value!r} is an empty file")
     return data

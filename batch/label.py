@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.base import Backend, ChatRequest, Completion
 from batch.errors import (
     BadInput,
     InvalidOutput,
@@ -26,49 +26,10 @@ from batch.errors import (
     RowFailure,
 )
 from batch.images import attach_images, has_images
-from batch.pool import HostPool
-from batch.rows import Row
+from batch.rows import Row, RowResult
 from batch.schema import OutputSchema
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RowResult:
-    row: Row
-    output: Any = None
-    failure: RowFailure | None = None
-    attempts: int = 0
-    usage: Usage = field(default_factory=Usage)
-    retries: list[str] = field(default_factory=list)  # the cause of each retry
-    host: str | None = None
-    done_reason: str | None = None
-    durations_ns: dict[str, int] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    content: str | None = None  # the accepted reply as the model wrote it
-
-    def as_record(self, fingerprint: str) -> dict[str, Any]:
-        request = self.row.request
-        record: dict[str, Any] = {"id": self.row.id, "line": self.row.line}
-        if self.failure is None:
-            record["status"] = "ok"
-            record["output"] = self.output
-        else:
-            record["status"] = "error"
-            record["error"] = self.failure.as_record()
-        record["attempts"] = self.attempts
-        record["usage"] = self.usage.as_record()
-        if request is not None:
-            record["model"] = request.model
-        if self.host is not None:
-            record["host"] = self.host
-        if self.done_reason is not None:
-            record["done_reason"] = self.done_reason
-        if self.durations_ns:
-            record["durations_ns"] = self.durations_ns
-        record["elapsed_s"] = round(self.elapsed_s, 3)
-        record["config"] = fingerprint
-        return record
 
 
 class RetryPolicy:
@@ -86,12 +47,12 @@ class RetryPolicy:
 
 
 class Labeller:
-    """Labels rows through the pool under one retry policy and one (optional) schema."""
+    """Labels rows through a backend (the host pool, or a test double) under one retry
+    policy; each row is checked against its own schema (`Row.schema`)."""
 
-    def __init__(self, pool: HostPool, policy: RetryPolicy, schema: OutputSchema | None) -> None:
-        self._pool = pool
+    def __init__(self, backend: Backend, policy: RetryPolicy) -> None:
+        self._backend = backend
         self._policy = policy
-        self._schema = schema
 
     async def label(self, row: Row) -> RowResult:
         result = RowResult(row)
@@ -100,12 +61,12 @@ class Labeller:
             return result
         started = time.monotonic()
         base = row.request
-        schema = row.schema if row.own_schema else self._schema
+        schema = row.schema
         if has_images(base):
             try:  # read here, not when the row is built: only rows in flight hold images
-                base = await attach_images(base, row.line)
+                base = await attach_images(base)
             except BadInput as failure:
-                result.failure = failure
+                result.failure = failure.at_line(row.line)
                 return result
         try:
             try:
@@ -173,8 +134,8 @@ class Labeller:
     async def _attempt(
         self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
     ) -> Any:
-        completion, host = await self._pool.chat(request)
-        result.host = host
+        completion = await self._backend.chat(request)
+        result.host = completion.host
         result.usage.add(completion.usage)
         result.done_reason = completion.done_reason
         result.durations_ns = _summed(result.durations_ns, completion)

@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+from batch.builder import RowBuilder
 from batch.errors import ConfigError
-from batch.formats.openai_out import native_view
 from batch.reader import BOM
-from batch.rows import RowBuilder, id_key
+from batch.records import native_view
+from batch.rows import RowDefaults, id_key
 from batch.shards import row_key
+from batch.summary import Retries, RunSummary
 
 SHOWN = 20  # ids named in the message; the summary lists them all
 _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.out\.jsonl$")
@@ -95,7 +99,7 @@ def merge_shards(
             raise ConfigError(f"{path} is both a shard output and the merged output: change -o")
     expected: Counter[str] = Counter()
     shown_id: dict[str, Any] = {}
-    builder = RowBuilder(model=None, options={})
+    builder = RowBuilder(RowDefaults(model=None, options={}))
     for number, raw in _input_lines(input_path):
         key = row_key(builder, number, raw)
         expected[key] += 1
@@ -141,46 +145,70 @@ def _id_of_key(key: str) -> Any:
     return int(key[1:]) if key.startswith("i") else key[1:]
 
 
+class MergedRows(BaseModel):
+    total: int
+    ok: int
+    error: int
+
+
+class MergedThroughput(BaseModel):
+    rows_per_s: float
+
+
+class MergeSummary(BaseModel):
+    """The merged run's summary: the shards' latest runs added up, checked against the input."""
+
+    input: str
+    output: str
+    merged_from: list[str]
+    shard_summaries: list[str]
+    rows: MergedRows  # from the merged file itself: a shard's summary counts its latest run only
+    errors_by_type: dict[str, int] = Field(default_factory=dict)
+    attempts: int = 0
+    retries: Retries = Field(default_factory=Retries)
+    usage: dict[str, int] = Field(default_factory=dict)  # of the shards' latest runs
+    elapsed_s: float = 0.0
+    throughput: MergedThroughput
+    check: dict[str, Any] = Field(default_factory=dict)
+    complete: bool = False
+
+
 def _write_summary(
     path: Path, input_path: Path, merged_path: Path, outputs: list[Path], report: MergeReport
 ) -> None:
     """The shards' summaries added up; throughput over the longest shard's time, as the
     shards ran side by side."""
-    shards = []
+    shards: list[tuple[Path, RunSummary]] = []
     for output in outputs:
         summary_file = output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")
         if summary_file.is_file():
-            shards.append((summary_file, json.loads(summary_file.read_text(encoding="utf-8"))))
-    rows = Counter[str]()
+            text = summary_file.read_text(encoding="utf-8")
+            shards.append((summary_file, RunSummary.model_validate_json(text)))
     usage = Counter[str]()
     retries = Counter[str]()
     errors = Counter[str]()
-    attempts = 0
     for _, shard in shards:
-        rows.update(shard["rows"])
-        usage.update(shard["usage"])
-        retries.update(shard["retries"]["by_cause"])
-        errors.update(shard["errors_by_type"])
-        attempts += shard["attempts"]
-    elapsed = max((s["elapsed_s"] for _, s in shards), default=0.0)
-    processed = rows["ok"] + rows["error"]
-    record = {
-        "input": str(input_path),
-        "output": str(merged_path),
-        "merged_from": [str(p) for p in outputs],
-        "shard_summaries": [str(p) for p, _ in shards],
-        # From the merged file itself: a shard's summary counts only its latest run.
-        "rows": {"total": report.expected, "ok": report.ok, "error": report.error},
-        "errors_by_type": dict(errors),
-        "attempts": attempts,
-        "retries": {"total": sum(retries.values()), "by_cause": dict(retries)},
-        "usage": dict(usage),  # of the shards' latest runs  # of the shards' latest runs
-        "elapsed_s": elapsed,
-        "throughput": {"rows_per_s": round(processed / elapsed, 2) if elapsed else 0.0},
-        "check": report.as_record(),
-        "complete": report.exact
+        usage.update(shard.usage)
+        retries.update(shard.retries.by_cause)
+        errors.update(shard.errors_by_type)
+    elapsed = max((s.elapsed_s for _, s in shards), default=0.0)
+    processed = report.ok + report.error
+    merged = MergeSummary(
+        input=str(input_path),
+        output=str(merged_path),
+        merged_from=[str(p) for p in outputs],
+        shard_summaries=[str(p) for p, _ in shards],
+        rows=MergedRows(total=report.expected, ok=report.ok, error=report.error),
+        errors_by_type=dict(errors),
+        attempts=sum(s.attempts for _, s in shards),
+        retries=Retries(total=sum(retries.values()), by_cause=dict(retries)),
+        usage=dict(usage),
+        elapsed_s=elapsed,
+        throughput=MergedThroughput(rows_per_s=round(processed / elapsed, 2) if elapsed else 0.0),
+        check=report.as_record(),
+        complete=report.exact
         and len(shards) == len(outputs)
-        and all(s.get("complete") for _, s in shards),
-    }
+        and all(s.complete for _, s in shards),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    path.write_text(merged.model_dump_json(indent=2) + "\n", encoding="utf-8")

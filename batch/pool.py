@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anyio
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class HostPool:
+    """A `Backend` over many: the labeller sees one backend, whatever the hosts."""
+
     def __init__(
         self,
         backends: Sequence[Backend],
@@ -54,8 +57,12 @@ class HostPool:
         elapsed = time.monotonic() - self._started
         return {host.name: host.report(elapsed) for host in self._hosts}
 
-    async def chat(self, request: ChatRequest) -> tuple[Completion, str]:
-        """Sends on a healthy host with a free slot; returns the completion and that host."""
+    @property
+    def name(self) -> str:
+        return ", ".join(self.names)
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        """Sends on a healthy host with a free slot; the completion names that host."""
         while True:
             host = await self._acquire(request.model)
             try:
@@ -79,7 +86,7 @@ class HostPool:
                 host.in_flight -= 1
                 self._wake(everyone=bool(host.lacks))
             host.succeeded()
-            return completion, host.name
+            return replace(completion, host=host.name)
 
     async def aclose(self) -> None:
         for host in self._hosts:

@@ -13,7 +13,6 @@ a time, and replaces the file atomically.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from batch.formats.openai_out import native_view
+from batch.records import line_of
 
 T = TypeVar("T")
 WINDOW = 1024  # rows; a held line is its output line only (a row's images are not kept)
@@ -101,7 +100,7 @@ def _run_starts(path: Path) -> list[int]:
     offset = 0
     with path.open("rb") as source:
         for raw in source:
-            line = _line_of(raw)
+            line = line_of(raw)
             if last is None or line < last:
                 starts.append(offset)
             last = line
@@ -112,10 +111,4 @@ def _run_starts(path: Path) -> list[int]:
 def _keyed(handle: Any, begin: int, end: int) -> Iterator[tuple[int, bytes]]:
     handle.seek(begin)
     while handle.tell() < end and (raw := handle.readline()):
-        yield _line_of(raw), raw
-
-
-def _line_of(raw: bytes) -> int:
-    record, _ = native_view(json.loads(raw))
-    line: int = record["line"]
-    return line
+        yield line_of(raw), raw

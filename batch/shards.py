@@ -15,7 +15,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from batch.rows import RowBuilder, RowId, id_key
+from batch.builder import RowBuilder
+from batch.rows import RowId, id_key
 
 
 @dataclass(frozen=True)

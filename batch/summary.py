@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from batch.backends.base import Usage
 from batch.errors import PromptTruncated
-from batch.label import RowResult
+from batch.rows import RowResult
 
 PROMPT_TRUNCATED = PromptTruncated.kind
 
@@ -57,26 +59,57 @@ class RunStats:
         self.retries.update(result.retries)
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished (or stopped) run reports; also written as the summary JSON file."""
+class RowCounts(BaseModel):
+    total: int = 0
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
 
-    record: dict[str, Any]
 
-    @property
-    def rows(self) -> dict[str, int]:
-        rows: dict[str, int] = self.record["rows"]
-        return rows
+class Retries(BaseModel):
+    total: int = 0
+    by_cause: dict[str, int] = Field(default_factory=dict)
 
-    @property
-    def fatal(self) -> str | None:
-        fatal: str | None = self.record.get("fatal")
-        return fatal
 
-    @property
-    def stopped_by(self) -> str | None:
-        signal: str | None = self.record.get("stopped_by")
-        return signal
+class Throughput(BaseModel):
+    rows_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+
+
+# Written only when they apply, so that a plain run's summary stays short.
+OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by"})
+
+
+class RunSummary(BaseModel):
+    """What a finished (or stopped) run reports; also written as the summary JSON file, with
+    these keys in this order."""
+
+    input: str
+    output: str
+    errors_file: str | None = None
+    config: str
+    model: str | None = None
+    hosts: list[str] = Field(default_factory=list)
+    rows: RowCounts = Field(default_factory=RowCounts)
+    errors_by_type: dict[str, int] = Field(default_factory=dict)
+    # Rows whose prompt filled the context (error type prompt_truncated): the server likely cut
+    # them without a word, so they are counted apart from other failures.
+    prompts_truncated: int = 0
+    attempts: int = 0
+    retries: Retries = Field(default_factory=Retries)
+    usage: dict[str, int] = Field(default_factory=dict)
+    started_at: str = ""
+    elapsed_s: float = 0.0
+    throughput: Throughput = Field(default_factory=Throughput)
+    complete: bool = False
+    shard: str | None = None
+    by_host: dict[str, dict[str, Any]] | None = None
+    fatal: str | None = None
+    stopped_by: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        record = self.model_dump(mode="json")
+        return {k: v for k, v in record.items() if k not in OPTIONAL or v is not None}
 
 
 def build_summary(
@@ -95,40 +128,9 @@ def build_summary(
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
-    record: dict[str, Any] = {
-        "input": str(input_path),
-        "output": str(output_path),
-        "errors_file": str(errors_path) if errors_path else None,
-        "config": fingerprint,
-        "model": model,
-        "hosts": hosts,
-        "rows": {
-            "total": stats.done,
-            "ok": stats.ok,
-            "error": stats.error,
-            "skipped": stats.skipped,
-        },
-        "errors_by_type": dict(stats.errors),
-        # Rows whose prompt filled the context (error type prompt_truncated): the server likely
-        # cut them without a word, so they are counted apart from other failures.
-        "prompts_truncated": stats.errors.get(PROMPT_TRUNCATED, 0),
-        "attempts": stats.attempts,
-        "retries": {"total": sum(stats.retries.values()), "by_cause": dict(stats.retries)},
-        "usage": stats.usage.as_record(),
-        "started_at": stats.started_at,
-        "elapsed_s": round(elapsed, 3),
-        "throughput": {
-            "rows_per_s": round(processed / elapsed, 2) if elapsed else 0.0,
-            "output_tokens_per_s": round(stats.usage.output_tokens / elapsed, 2)
-            if elapsed
-            else 0.0,
-        },
-        "complete": fatal is None and stopped_by is None,
-    }
-    if shard is not None:
-        record["shard"] = shard
+    by_host = None
     if host_report is not None:
-        record["by_host"] = {
+        by_host = {
             name: {
                 "rows_ok": stats.host_ok[name],
                 "rows_failed": stats.host_failed[name],
@@ -136,40 +138,59 @@ def build_summary(
             }
             for name, report in host_report.items()
         }
-    if fatal is not None:
-        record["fatal"] = fatal
-    if stopped_by is not None:
-        record["stopped_by"] = stopped_by
-    return RunSummary(record)
+    return RunSummary(
+        input=str(input_path),
+        output=str(output_path),
+        errors_file=str(errors_path) if errors_path else None,
+        config=fingerprint,
+        model=model,
+        hosts=hosts,
+        rows=RowCounts(total=stats.done, ok=stats.ok, error=stats.error, skipped=stats.skipped),
+        errors_by_type=dict(stats.errors),
+        prompts_truncated=stats.errors.get(PROMPT_TRUNCATED, 0),
+        attempts=stats.attempts,
+        retries=Retries(total=sum(stats.retries.values()), by_cause=dict(stats.retries)),
+        usage=stats.usage.as_record(),
+        started_at=stats.started_at,
+        elapsed_s=round(elapsed, 3),
+        throughput=Throughput(
+            rows_per_s=round(processed / elapsed, 2) if elapsed else 0.0,
+            output_tokens_per_s=round(stats.usage.output_tokens / elapsed, 2) if elapsed else 0.0,
+        ),
+        complete=fatal is None and stopped_by is None,
+        shard=shard,
+        by_host=by_host,
+        fatal=fatal,
+        stopped_by=stopped_by,
+    )
 
 
 def write_summary(path: Path, summary: RunSummary) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(summary.record, indent=2) + "\n", encoding="utf-8")
+    scratch.write_text(json.dumps(summary.as_record(), indent=2) + "\n", encoding="utf-8")
     os.replace(scratch, path)
 
 
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
-    r = summary.record
-    rows, usage = r["rows"], r["usage"]
+    rows, usage = summary.rows, summary.usage
     lines = [
-        f"{rows['ok']} ok, {rows['error']} failed, {rows['skipped']} already done "
-        f"of {rows['total']} rows in {r['elapsed_s']:.1f}s "
-        f"({r['throughput']['rows_per_s']:.1f} rows/s)",
+        f"{rows.ok} ok, {rows.error} failed, {rows.skipped} already done "
+        f"of {rows.total} rows in {summary.elapsed_s:.1f}s "
+        f"({summary.throughput.rows_per_s:.1f} rows/s)",
         f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out "
-        f"over {usage['requests']} responses; {r['retries']['total']} retries",
+        f"over {usage['requests']} responses; {summary.retries.total} retries",
     ]
-    if r["errors_by_type"]:
-        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(r["errors_by_type"].items()))
-        where = r.get("errors_file") or r["output"]
+    if summary.errors_by_type:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.errors_by_type.items()))
+        where = summary.errors_file or summary.output
         lines.append(f'failures: {kinds}; see rows with "status": "error" in {where}')
-    if truncated := r.get("prompts_truncated"):
+    if truncated := summary.prompts_truncated:
         lines.append(
             f"{truncated} prompts filled the model's context and were likely cut by the server: "
             "raise num_ctx or shorten them (see error.context_length in those rows)"
         )
-    by_host = r.get("by_host") or {}
+    by_host = summary.by_host or {}
     for name, host in by_host.items() if len(by_host) > 1 else ():
         lacks = f", lacks {', '.join(host['lacks_models'])}" if host["lacks_models"] else ""
         lines.append(
@@ -181,5 +202,5 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:
         lines.append(f"stopped early: {summary.fatal}")
-    lines.append(f"output: {r['output']}; summary: {summary_path}")
+    lines.append(f"output: {summary.output}; summary: {summary_path}")
     return "\n".join(lines)

@@ -17,8 +17,7 @@ from batch.config import JobConfig, load_config
 from batch.errors import ConfigError, FatalRunError, Transient
 from batch.hosts import Host, HostPolicy, parse_host
 from batch.pipeline import run_job
-from batch.testing import FakeOllama, Fault
-from tests.seam import ScriptedBackend, completion
+from batch.testing import FakeOllama, Fault, FunctionBackend, completion
 
 
 def write_rows(path: Path, n: int) -> Path:
@@ -86,10 +85,10 @@ async def test_each_host_gets_at_most_its_own_concurrency(
     a, b, _ = fakes
     config = config_for(tmp_path, 60, [f"{a.url}#1", f"{b.url}#3"])
     summary = await run_job(config)
-    assert summary.rows["ok"] == 60
+    assert summary.rows.ok == 60
     assert a.max_in_flight == 1
     assert 1 <= b.max_in_flight <= 3
-    by_host = summary.record["by_host"]
+    by_host = summary.as_record()["by_host"]
     assert by_host[a.url]["concurrency"] == 1 and by_host[b.url]["concurrency"] == 3
     assert by_host[a.url]["rows_ok"] + by_host[b.url]["rows_ok"] == 60
 
@@ -108,10 +107,10 @@ async def test_a_host_that_dies_mid_run_loses_no_row(
         tg.start_soon(kill_after_some_rows)
         summary = await run_job(config)
     assert output_ids(config) == list(range(150))  # each row exactly once
-    assert summary.rows["ok"] == 150
-    dead = summary.record["by_host"][doomed.url]
+    assert summary.rows.ok == 150
+    dead = summary.as_record()["by_host"][doomed.url]
     assert dead["state"] in ("down", "lost") and dead["taken_out"] >= 1
-    survivors = [summary.record["by_host"][f.url]["rows_ok"] for f in fakes[1:]]
+    survivors = [summary.as_record()["by_host"][f.url]["rows_ok"] for f in fakes[1:]]
     assert sum(survivors) + dead["rows_ok"] == 150
 
 
@@ -123,7 +122,7 @@ async def test_a_host_that_answers_503_goes_out_of_rotation_and_comes_back(
     config = config_for(tmp_path, 80, [f.url for f in fakes])
     summary = await run_job(config)
     assert ok_ids(config) == list(range(80))
-    report = summary.record["by_host"][busy.url]
+    report = summary.as_record()["by_host"][busy.url]
     assert report["failures"] == 4
     assert report["taken_out"] >= 1
     assert report["state"] == "up"
@@ -137,7 +136,7 @@ async def test_a_host_without_the_model_is_left_out(
         summary = await run_job(config)
         assert stranger.request_count == 0  # checked with /api/show, never sent a row
     assert ok_ids(config) == list(range(30))
-    assert summary.record["by_host"][stranger.url]["lacks_models"] == ["m"]
+    assert summary.as_record()["by_host"][stranger.url]["lacks_models"] == ["m"]
 
 
 async def test_no_host_with_the_model_stops_the_run(tmp_path: Path) -> None:
@@ -165,9 +164,9 @@ async def test_a_host_that_answers_only_errors_fails_rows_not_the_run(tmp_path: 
         broken.add_fault(Fault("crash", times=None))
         config = config_for(tmp_path, 6, [broken.url], max_attempts=2, backoff=0)
         summary = await run_job(config)
-    assert summary.rows["error"] == 6
+    assert summary.rows.error == 6
     assert summary.fatal is None
-    assert summary.record["by_host"][broken.url]["taken_out"] >= 1
+    assert summary.as_record()["by_host"][broken.url]["taken_out"] >= 1
 
 
 def test_the_end_of_a_run_prints_a_line_per_host(
@@ -182,7 +181,7 @@ def test_the_end_of_a_run_prints_a_line_per_host(
 
 
 def test_a_host_state_follows_its_failures() -> None:
-    host = Host(ScriptedBackend(lambda _: completion("x")), 4, HostPolicy(lost_after=2))
+    host = Host(FunctionBackend(lambda _: completion("x")), 4, HostPolicy(lost_after=2))
     busy = Transient("http_503", "busy")
     assert not host.failed(busy) and not host.failed(busy)
     assert not host.failed(Transient("http_429", "quota"))  # the caller's, not the host's

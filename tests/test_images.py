@@ -117,12 +117,12 @@ def test_a_symlink_out_of_the_folder_is_outside_too(job: Path) -> None:
     (job / "link.png").symlink_to(job.parent / "secret.png")
     ref = ImageRef("link.png", "images[0]", ImagePolicy(job))
     with pytest.raises(BadInput, match="outside the job's folder"):
-        load_image(ref, 1)
+        load_image(ref)
 
 
 def test_an_extensionless_name_that_is_valid_base64_is_still_a_path(job: Path) -> None:
     (job / "abcd").write_bytes(PNG)  # "abcd" decodes as base64, but not to an image
-    assert load_image(ImageRef("abcd", "images[0]", ImagePolicy(job)), 1) == PNG
+    assert load_image(ImageRef("abcd", "images[0]", ImagePolicy(job))) == PNG
 
 
 def test_the_fake_server_refuses_images_that_are_not_base64(server: FakeOllama) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from batch.builder import RowBuilder
 from batch.cli import main
 from batch.errors import ConfigError
-from batch.rows import RowBuilder
+from batch.rows import RowDefaults
 from batch.testing import FakeOllama, Fault
 
 # A 1x1 PNG, as a vision request would carry it.
@@ -278,7 +279,7 @@ def test_native_rows_can_be_written_as_openai_output(server: FakeOllama, tmp_pat
 
 def build(data: dict[str, Any], builder: RowBuilder | None = None, line: int = 1) -> Any:
     """One line through a fresh builder (a builder remembers its file's first row)."""
-    builder = builder or RowBuilder(model=None, options={"temperature": 0})
+    builder = builder or RowBuilder(RowDefaults(model=None, options={"temperature": 0}))
     return builder.build(line, json.dumps(data).encode())
 
 
@@ -289,7 +290,7 @@ def test_without_a_run_model_the_bodys_model_is_used() -> None:
 
 
 def test_text_parts_are_joined_and_a_run_system_prompt_comes_first() -> None:
-    builder = RowBuilder(model="m", options={}, system="Be brief.")
+    builder = RowBuilder(RowDefaults(model="m", options={}, system="Be brief."))
     parts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
     row = build(request("a", messages=[{"role": "user", "content": parts}]), builder)
     assert row.request.messages == [
@@ -364,7 +365,7 @@ def test_what_ollama_cannot_do_is_a_bad_row_naming_the_field(
     change: dict[str, Any], says: str
 ) -> None:
     line = {**request("x", messages=[{"role": "user", "content": "x"}]), **change}
-    row = build(line, RowBuilder(model="m", options={}), line=9)
+    row = build(line, RowBuilder(RowDefaults(model="m", options={})), line=9)
     assert row.request is None and row.failure is not None
     assert row.failure.kind == "bad_input"
     assert says in row.failure.message and "line 9" in row.failure.message
@@ -400,7 +401,7 @@ def test_no_model_anywhere_is_a_configuration_error() -> None:
 
 
 def test_the_first_row_decides_the_files_kind() -> None:
-    builder = RowBuilder(model="m", options={})
+    builder = RowBuilder(RowDefaults(model="m", options={}))
     assert build(CHAT, builder, line=1).failure is None
     native = build({"id": 1, "prompt": "x"}, builder, line=2)
     assert native.failure is not None
@@ -408,14 +409,14 @@ def test_the_first_row_decides_the_files_kind() -> None:
         "line 2 is a native row, but the file's first row (line 1) is an OpenAI Batch row: "
         "one file holds one kind of row, so split the file"
     )
-    other = RowBuilder(model="m", options={})
+    other = RowBuilder(RowDefaults(model="m", options={}))
     assert build({"id": 1, "prompt": "x"}, other, line=1).failure is None
     mixed = build(CHAT, other, line=2)
     assert mixed.failure is not None and "is an OpenAI Batch row, but" in mixed.failure.message
 
 
 def test_a_native_row_may_have_body_and_url_fields() -> None:
-    builder = RowBuilder(model="m", options={}, template="Summarise {url}: {body}")
+    builder = RowBuilder(RowDefaults(model="m", options={}, template="Summarise {url}: {body}"))
     row = build({"id": 1, "url": "https://e.com/a", "body": "the page"}, builder)
     assert row.failure is None
     assert row.request.messages[-1]["content"] == "Summarise https://e.com/a: the page"

@@ -18,7 +18,7 @@ from batch import FatalRunError, JobConfig, run_job
 from batch.backends.base import ChatRequest, Completion
 from batch.errors import Rejected
 from batch.reorder import ReorderWindow, sort_by_line
-from tests.seam import completion
+from batch.testing import completion
 
 
 @dataclass

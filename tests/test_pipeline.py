@@ -14,7 +14,7 @@ import pytest
 from batch import FatalRunError, JobConfig, run_job
 from batch.backends.base import ChatRequest, Completion
 from batch.errors import ConfigError, Rejected, Transient
-from tests.seam import ScriptedBackend, completion
+from batch.testing import FunctionBackend, completion
 
 SCHEMA = {
     "type": "object",
@@ -58,23 +58,23 @@ def scripted(*answers: Completion | Exception) -> Callable[[ChatRequest], Comple
 
 async def test_valid_rows_are_written_with_output_and_usage(job: Callable[..., JobConfig]) -> None:
     config = job(3)
-    backend = ScriptedBackend(scripted(completion('{"label": "pos"}', tokens=(10, 4))))
+    backend = FunctionBackend(scripted(completion('{"label": "pos"}', tokens=(10, 4))))
     summary = await run_job(config, backends=[backend])
     rows = read_output(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
     assert all(r["status"] == "ok" and r["output"] == {"label": "pos"} for r in rows)
     assert all(r["attempts"] == 1 for r in rows)
     assert all(r["usage"] == {"requests": 1, "input_tokens": 10, "output_tokens": 4} for r in rows)
-    assert summary.rows == {"total": 3, "ok": 3, "error": 0, "skipped": 0}
-    assert summary.record["usage"] == {"requests": 3, "input_tokens": 30, "output_tokens": 12}
+    assert summary.rows.model_dump() == {"total": 3, "ok": 3, "error": 0, "skipped": 0}
+    assert summary.as_record()["usage"] == {"requests": 3, "input_tokens": 30, "output_tokens": 12}
     assert backend.requests[0].format == SCHEMA
     on_disk = json.loads(config.summary_path.read_text())
-    assert on_disk["rows"] == summary.rows
+    assert on_disk["rows"] == summary.rows.model_dump()
 
 
 async def test_transient_failures_are_retried_and_counted(job: Callable[..., JobConfig]) -> None:
     config = job(1)
-    backend = ScriptedBackend(
+    backend = FunctionBackend(
         scripted(
             Transient("http_503", "busy", kind="http"),
             Transient("disconnect", "dropped"),
@@ -86,7 +86,10 @@ async def test_transient_failures_are_retried_and_counted(job: Callable[..., Job
     assert row["status"] == "ok"
     assert row["attempts"] == 3
     assert row["usage"]["requests"] == 1  # transport failures got no response
-    assert summary.record["retries"] == {"total": 2, "by_cause": {"http_503": 1, "disconnect": 1}}
+    assert summary.as_record()["retries"] == {
+        "total": 2,
+        "by_cause": {"http_503": 1, "disconnect": 1},
+    }
 
 
 @pytest.mark.parametrize(
@@ -101,7 +104,7 @@ async def test_invalid_output_is_reasked_with_the_reason(
     job: Callable[..., JobConfig], bad: str, kind: str
 ) -> None:
     config = job(1)
-    backend = ScriptedBackend(
+    backend = FunctionBackend(
         scripted(completion(bad, tokens=(5, 7)), completion('{"label": "pos"}'))
     )
     summary = await run_job(config, backends=[backend])
@@ -112,28 +115,28 @@ async def test_invalid_output_is_reasked_with_the_reason(
     reask = backend.requests[1].messages
     assert reask[-2] == {"role": "assistant", "content": bad}
     assert reask[-1]["role"] == "user"
-    assert summary.record["retries"]["by_cause"] == {kind: 1}
+    assert summary.as_record()["retries"]["by_cause"] == {kind: 1}
 
 
 async def test_truncated_json_is_reasked_and_reported_when_it_persists(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(1, max_attempts=2)
-    backend = ScriptedBackend(scripted(completion('{"label": "p', done_reason="length")))
+    backend = FunctionBackend(scripted(completion('{"label": "p', done_reason="length")))
     summary = await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)
     assert row["status"] == "error"
     assert row["error"]["type"] == "truncated"
     assert row["error"]["raw"] == '{"label": "p'
     assert row["attempts"] == 2
-    assert summary.rows["error"] == 1
+    assert summary.rows.error == 1
 
 
 async def test_attempts_are_bounded_and_the_last_raw_output_is_kept(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(1, max_attempts=3)
-    backend = ScriptedBackend(scripted(completion("no idea")))
+    backend = FunctionBackend(scripted(completion("no idea")))
     await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)
     assert row["status"] == "error" and row["attempts"] == 3
@@ -146,7 +149,7 @@ async def test_attempts_are_bounded_and_the_last_raw_output_is_kept(
 async def test_a_rejected_request_is_not_retried(job: Callable[..., JobConfig]) -> None:
     config = job(1)
     rejected = Rejected("HTTP 400: the prompt is longer than the context length", status_code=400)
-    backend = ScriptedBackend(scripted(rejected))
+    backend = FunctionBackend(scripted(rejected))
     await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)
     assert row["error"] == {
@@ -161,7 +164,7 @@ async def test_a_fatal_error_stops_the_run_without_sending_every_row(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(200, concurrency=2)
-    backend = ScriptedBackend(scripted(FatalRunError("model 'm' is not available")))
+    backend = FunctionBackend(scripted(FatalRunError("model 'm' is not available")))
     with pytest.raises(FatalRunError, match="model 'm'"):
         await run_job(config, backends=[backend])
     assert len(backend.requests) < 20
@@ -174,7 +177,7 @@ async def test_a_host_unreachable_through_every_attempt_stops_the_run(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(5, max_attempts=3)
-    backend = ScriptedBackend(scripted(Transient("connect", "cannot connect to seam://fake")))
+    backend = FunctionBackend(scripted(Transient("connect", "cannot connect to seam://fake")))
     with pytest.raises(FatalRunError, match="cannot connect to seam://fake after 3 attempts"):
         await run_job(config, backends=[backend])
 
@@ -183,7 +186,7 @@ async def test_never_more_than_concurrency_requests_in_flight(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(50, concurrency=3)
-    backend = ScriptedBackend(scripted(completion('{"label": "pos"}')))
+    backend = FunctionBackend(scripted(completion('{"label": "pos"}')))
     backend.gate = anyio.Event()
 
     async def release_when_full() -> None:
@@ -195,7 +198,7 @@ async def test_never_more_than_concurrency_requests_in_flight(
         tg.start_soon(release_when_full)
         summary = await run_job(config, backends=[backend])
     assert backend.max_in_flight == 3
-    assert summary.rows["ok"] == 50
+    assert summary.rows.ok == 50
 
 
 async def test_rerun_skips_ok_rows_and_retries_failed_ones(job: Callable[..., JobConfig]) -> None:
@@ -206,12 +209,12 @@ async def test_rerun_skips_ok_rows_and_retries_failed_ones(job: Callable[..., Jo
             return Rejected("HTTP 400: bad", status_code=400)
         return completion('{"label": "pos"}')
 
-    summary = await run_job(config, backends=[ScriptedBackend(first)])
-    assert summary.rows == {"total": 4, "ok": 3, "error": 1, "skipped": 0}
+    summary = await run_job(config, backends=[FunctionBackend(first)])
+    assert summary.rows.model_dump() == {"total": 4, "ok": 3, "error": 1, "skipped": 0}
 
-    second = ScriptedBackend(scripted(completion('{"label": "neg"}')))
+    second = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(config, backends=[second])
-    assert summary.rows == {"total": 4, "ok": 1, "error": 0, "skipped": 3}
+    assert summary.rows.model_dump() == {"total": 4, "ok": 1, "error": 0, "skipped": 3}
     assert [r.messages[-1]["content"] for r in second.requests] == ["row 2"]
     rows = read_output(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2, 3]
@@ -226,22 +229,27 @@ async def test_rerun_skips_ids_of_every_spelling(job: Callable[..., JobConfig]) 
     config.input.write_text(
         "".join(json.dumps({"id": i, "prompt": f"row {n}"}) + "\n" for n, i in enumerate(ids))
     )
-    await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
-    second = ScriptedBackend(scripted(completion('{"label": "pos"}')))
+    await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
+    second = FunctionBackend(scripted(completion('{"label": "pos"}')))
     summary = await run_job(config, backends=[second])
-    assert summary.rows == {"total": len(ids), "ok": 0, "error": 0, "skipped": len(ids)}
+    assert summary.rows.model_dump() == {
+        "total": len(ids),
+        "ok": 0,
+        "error": 0,
+        "skipped": len(ids),
+    }
     assert second.requests == []
     assert [r["id"] for r in read_output(config.output_path)].count("7") == 1
 
 
 async def test_rerun_drops_a_partial_last_line(job: Callable[..., JobConfig]) -> None:
     config = job(3)
-    await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
+    await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
     data = config.output_path.read_bytes()
     config.output_path.write_bytes(data[: len(data) - 20])  # as if killed mid-write
-    second = ScriptedBackend(scripted(completion('{"label": "pos"}')))
+    second = FunctionBackend(scripted(completion('{"label": "pos"}')))
     summary = await run_job(config, backends=[second])
-    assert summary.rows["skipped"] == 2 and summary.rows["ok"] == 1
+    assert summary.rows.skipped == 2 and summary.rows.ok == 1
     rows = read_output(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
 
@@ -250,20 +258,20 @@ async def test_rerun_with_other_settings_is_refused_unless_overwrite(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(2)
-    await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
+    await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
     changed = config.model_copy(update={"system": "be kind"})
     with pytest.raises(ConfigError, match="different model, schema, template"):
-        await run_job(changed, backends=[ScriptedBackend(scripted(completion("{}")))])
+        await run_job(changed, backends=[FunctionBackend(scripted(completion("{}")))])
     overwrite = changed.model_copy(update={"overwrite": True})
-    backend = ScriptedBackend(scripted(completion('{"label": "neg"}')))
+    backend = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(overwrite, backends=[backend])
-    assert summary.rows == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
+    assert summary.rows.model_dump() == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
     assert all(r["output"] == {"label": "neg"} for r in read_output(config.output_path))
 
 
 async def test_without_a_schema_the_output_is_the_text(job: Callable[..., JobConfig]) -> None:
     config = job(1, schema_ref=None)
-    backend = ScriptedBackend(scripted(completion("just words", done_reason="length")))
+    backend = FunctionBackend(scripted(completion("just words", done_reason="length")))
     await run_job(config, backends=[backend])
     [row] = read_output(config.output_path)
     assert row["status"] == "ok" and row["output"] == "just words"
@@ -285,7 +293,7 @@ async def test_a_pydantic_schema_from_the_working_directory(
     config = JobConfig(
         input=write_rows(tmp_path / "in.jsonl", 1), model="m", schema_ref="mylabels:Sentiment"
     )
-    backend = ScriptedBackend(
+    backend = FunctionBackend(
         scripted(
             completion('{"label": "pos", "score": 3}'), completion('{"label": "pos", "score": 1}')
         )
@@ -301,7 +309,7 @@ async def test_duplicate_ids_fail_only_the_later_row(job: Callable[..., JobConfi
     config = job(2)
     with config.input.open("a") as f:
         f.write('{"id": 1, "prompt": "again"}\n')
-    await run_job(config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))])
+    await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
     rows = {r["line"]: r for r in read_output(config.output_path)}
     assert rows[2]["status"] == "ok"
     assert rows[3]["status"] == "error"
@@ -313,6 +321,6 @@ def test_the_sync_api_runs_the_same_pipeline(job: Callable[..., JobConfig]) -> N
 
     config = job(2)
     summary = run_job_sync(
-        config, backends=[ScriptedBackend(scripted(completion('{"label": "pos"}')))]
+        config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))]
     )
-    assert summary.rows == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
+    assert summary.rows.model_dump() == {"total": 2, "ok": 2, "error": 0, "skipped": 0}

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from batch.builder import RowBuilder
 from batch.errors import ConfigError
 from batch.reader import count_lines, read_lines
-from batch.rows import RowBuilder
+from batch.rows import RowDefaults
 
-BUILDER = RowBuilder(model="m", options={"temperature": 0})
+BUILDER = RowBuilder(RowDefaults(model="m", options={"temperature": 0}))
 
 
 def test_prompt_row_becomes_a_user_message() -> None:
@@ -37,7 +38,7 @@ def test_row_without_id_takes_its_line_number() -> None:
 
 
 def test_messages_are_used_as_given_with_the_run_system_prompt_first() -> None:
-    builder = RowBuilder(model="m", options={}, system="be terse")
+    builder = RowBuilder(RowDefaults(model="m", options={}, system="be terse"))
     row = builder.build(1, b'{"messages": [{"role": "user", "content": "hi"}]}')
     assert row.request is not None
     assert row.request.messages == [
@@ -47,7 +48,7 @@ def test_messages_are_used_as_given_with_the_run_system_prompt_first() -> None:
 
 
 def test_template_fills_from_row_fields() -> None:
-    builder = RowBuilder(model="m", options={}, template="Review {id}: {text}")
+    builder = RowBuilder(RowDefaults(model="m", options={}, template="Review {id}: {text}"))
     row = builder.build(1, b'{"id": 7, "text": "great"}')
     assert row.request is not None
     assert row.request.messages[-1]["content"] == "Review 7: great"
@@ -81,7 +82,7 @@ def test_bad_lines_are_row_failures_that_name_the_line(raw: bytes, says: str) ->
 
 
 def test_a_missing_template_field_is_a_bad_row() -> None:
-    builder = RowBuilder(model="m", options={}, template="{text} / {lang}")
+    builder = RowBuilder(RowDefaults(model="m", options={}, template="{text} / {lang}"))
     row = builder.build(2, b'{"id": 1, "text": "x"}')
     assert row.failure is not None
     assert "field 'lang'" in row.failure.message
@@ -89,7 +90,7 @@ def test_a_missing_template_field_is_a_bad_row() -> None:
 
 def test_no_model_anywhere_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="pass --model"):
-        RowBuilder(model=None, options={}).build(1, b'{"prompt": "x"}')
+        RowBuilder(RowDefaults(model=None, options={})).build(1, b'{"prompt": "x"}')
 
 
 async def test_reader_skips_blank_lines_keeps_numbers_and_drops_a_bom(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ class Completion:
     """One model response. `durations_ns` uses Ollama's names, integer nanoseconds.
 
     `context_length`: the context the server ran this request with, when the backend knows it;
-    a prompt that used all of it was likely cut short by the server.
+    a prompt that used all of it was likely cut short by the server. `host`: which host
+    answered, set by the host pool.
     """
 
     content: str
@@ -52,6 +53,7 @@ class Completion:
     usage: Usage
     durations_ns: dict[str, int] = field(default_factory=dict)
     context_length: int | None = None
+    host: str | None = None
 
 
 class Backend(Protocol):

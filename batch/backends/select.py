@@ -4,10 +4,24 @@ Ollama URL. Explicit only: an unreachable Ollama host never falls back to the em
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from batch.backends.base import Backend
 from batch.config import JobConfig
-from batch.hosts import parse_host
+from batch.hosts import HostPolicy, parse_host
+from batch.pool import HostPool
+
+
+def open_pool(config: JobConfig, backends: Sequence[Backend] | None = None) -> HostPool:
+    """The configured hosts as one backend; `backends`, when given, serve in their place, each
+    at --concurrency."""
+    if backends is None:
+        return HostPool(open_backends(config), host_concurrency(config), host_policy(config))
+    return HostPool(backends, config.concurrency, host_policy(config))
+
+
+def host_policy(config: JobConfig) -> HostPolicy:
+    return HostPolicy(config.max_attempts, config.backoff, config.backoff_max)
 
 
 def host_concurrency(config: JobConfig) -> list[int]:

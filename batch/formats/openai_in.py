@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema
 
 from batch.backends.base import ChatRequest, Format
 from batch.errors import BadInput, ConfigError
+from batch.formats.native_in import NO_MODEL
 from batch.images import ImagePolicy, ImageRef
+from batch.rows import RowDefaults
 from batch.schema import AnyJsonObject, OutputSchema, compile_json_schema
-
-if TYPE_CHECKING:
-    from batch.rows import Row, RowBuilder
 
 URL = "/v1/chat/completions"
 # OpenAI body field -> Ollama option of the same meaning.
@@ -48,119 +47,123 @@ MESSAGE_FIELDS = frozenset({"role", "content", "name", "refusal"})
 SCHEMA_CACHE = 64  # compiled response_format schemas kept: a file usually repeats one
 
 
-def openai_row(builder: RowBuilder, line: int, custom_id: str, data: dict[str, Any]) -> Row:
-    from batch.rows import Row
+def is_openai_request(data: dict[str, Any]) -> bool:
+    """An OpenAI Batch request line: `{"custom_id", "method", "url", "body"}`. Native rows may
+    carry `body` and `url` as template data (a scraped page and its address), so it takes
+    `body` with `method`, or with an API path as `url`."""
+    url = data.get("url")
+    return "body" in data and (
+        "method" in data or (isinstance(url, str) and url.startswith("/v1/"))
+    )
 
-    _check_envelope(line, data)
+
+def openai_request(
+    defaults: RowDefaults, data: dict[str, Any]
+) -> tuple[ChatRequest, OutputSchema | None]:
+    """The request, and the schema its reply is checked against: the row's own
+    `response_format` when it has one, else the run's."""
+    _check_envelope(data)
     body = data["body"]
-    model = _model(builder, line, body)
-    messages = _messages(line, body, builder.images)
-    if builder.system is not None and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": builder.system}, *messages]
-    options = {**builder.options, **_options(line, body)}
-    row = Row(line, custom_id)
-    request_format: Format | None = builder.format
+    model = _model(defaults, body)
+    messages = _messages(body, defaults.images)
+    if defaults.system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": defaults.system}, *messages]
+    options = {**defaults.options, **_options(body)}
+    request_format, schema = defaults.format, defaults.schema
     if "response_format" in body:
-        request_format, row.schema = _response_format(line, body["response_format"])
-        row.own_schema = True
-    row.request = ChatRequest(model, messages, format=request_format, options=options)
-    return row
+        request_format, schema = _response_format(body["response_format"])
+    return ChatRequest(model, messages, format=request_format, options=options), schema
 
 
-def _check_envelope(line: int, data: dict[str, Any]) -> None:
+def _check_envelope(data: dict[str, Any]) -> None:
     method, url = data.get("method", "POST"), data.get("url")
     if url != URL:
         raise BadInput(
-            f"line {line}: url {url!r} is not supported: batch runs OpenAI Batch requests for "
-            f"{URL} only"
+            f"url {url!r} is not supported: batch runs OpenAI Batch requests for {URL} only"
         )
     if method != "POST":
-        raise BadInput(f"line {line}: method {method!r}: OpenAI Batch requests use POST")
+        raise BadInput(f"method {method!r}: OpenAI Batch requests use POST")
     if not isinstance(data["body"], dict):
-        raise BadInput(f"line {line}: body must be a JSON object (the chat completion request)")
+        raise BadInput("body must be a JSON object (the chat completion request)")
 
 
-def _model(builder: RowBuilder, line: int, body: dict[str, Any]) -> str:
+def _model(defaults: RowDefaults, body: dict[str, Any]) -> str:
     # The run's model wins here, unlike native rows: a file written for OpenAI names OpenAI's
     # models, and moving it to a local one should take one flag, not an edited file.
-    model = builder.model or body.get("model")
+    model = defaults.model or body.get("model")
     if not isinstance(model, str) or not model:
         if "model" in body:
-            raise BadInput(f"line {line}: body.model must be a non-empty string")
-        raise ConfigError(f"line {line} names no model and none was given: pass --model NAME")
+            raise BadInput("body.model must be a non-empty string")
+        raise ConfigError(NO_MODEL)
     return model
 
 
-def _options(line: int, body: dict[str, Any]) -> dict[str, Any]:
+def _options(body: dict[str, Any]) -> dict[str, Any]:
     for key in body:
         if key not in HANDLED and key not in IGNORED:
-            raise BadInput(
-                f"line {line}: body.{key} is not supported on Ollama: remove it from the request"
-            )
+            raise BadInput(f"body.{key} is not supported on Ollama: remove it from the request")
     if body.get("n", 1) != 1:
-        raise BadInput(f"line {line}: body.n must be 1: Ollama returns one choice per request")
+        raise BadInput("body.n must be 1: Ollama returns one choice per request")
     if body.get("stream", False) is not False:
-        raise BadInput(f"line {line}: body.stream must be false in a batch request")
+        raise BadInput("body.stream must be false in a batch request")
     if body.get("logprobs", False) is not False:
-        raise BadInput(f"line {line}: body.logprobs is not supported on Ollama")
+        raise BadInput("body.logprobs is not supported on Ollama")
     if body.get("tools") or body.get("functions") or body.get("tool_choice") not in TOOLLESS:
-        raise BadInput(f"line {line}: tools are not supported by batch yet: remove them")
+        raise BadInput("tools are not supported by batch yet: remove them")
     options: dict[str, Any] = {}
     for key, option in OPTIONS.items():
         if key in body and body[key] is not None:
             value = body[key]
             kind = int if key == "seed" else int | float
             if isinstance(value, bool) or not isinstance(value, kind):
-                raise BadInput(f"line {line}: body.{key} must be a number")
+                raise BadInput(f"body.{key} must be a number")
             options[option] = value
     if (stop := body.get("stop")) is not None:
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise BadInput(f"line {line}: body.stop must be a string or an array of strings")
+            raise BadInput("body.stop must be a string or an array of strings")
         options["stop"] = stops
-    if (limit := _max_tokens(line, body)) is not None:
+    if (limit := _max_tokens(body)) is not None:
         options["num_predict"] = limit
     return options
 
 
-def _max_tokens(line: int, body: dict[str, Any]) -> int | None:
+def _max_tokens(body: dict[str, Any]) -> int | None:
     given = {k: body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None}
     for key, value in given.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInput(f"line {line}: body.{key} must be a positive integer")
+            raise BadInput(f"body.{key} must be a positive integer")
     if len(set(given.values())) > 1:
-        raise BadInput(
-            f"line {line}: body.max_tokens and body.max_completion_tokens differ: give one"
-        )
+        raise BadInput("body.max_tokens and body.max_completion_tokens differ: give one")
     return next(iter(given.values()), None)
 
 
-def _messages(line: int, body: dict[str, Any], images: ImagePolicy) -> list[dict[str, Any]]:
+def _messages(body: dict[str, Any], images: ImagePolicy) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadInput(f"line {line}: body.messages must be a non-empty array")
-    return [_message(line, i, m, images) for i, m in enumerate(messages)]
+        raise BadInput("body.messages must be a non-empty array")
+    return [_message(i, m, images) for i, m in enumerate(messages)]
 
 
-def _message(line: int, index: int, message: Any, images: ImagePolicy) -> dict[str, Any]:
+def _message(index: int, message: Any, images: ImagePolicy) -> dict[str, Any]:
     where = f"body.messages[{index}]"
     if not isinstance(message, dict):
-        raise BadInput(f"line {line}: {where} must be an object")
+        raise BadInput(f"{where} must be an object")
     role = message.get("role")
     if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
-        raise BadInput(f"line {line}: {where}: tool calls are not supported by batch yet")
+        raise BadInput(f"{where}: tool calls are not supported by batch yet")
     if role not in ROLES:
-        raise BadInput(f"line {line}: {where} has role {role!r}; use system, user or assistant")
+        raise BadInput(f"{where} has role {role!r}; use system, user or assistant")
     for key in message:
         if key not in MESSAGE_FIELDS and message[key] is not None:
-            raise BadInput(f"line {line}: {where}.{key} is not supported on Ollama")
+            raise BadInput(f"{where}.{key} is not supported on Ollama")
     if message.get("refusal") is not None:
-        raise BadInput(f"line {line}: {where}.refusal is not supported on Ollama")
+        raise BadInput(f"{where}.refusal is not supported on Ollama")
     content = message.get("content")
     if isinstance(content, str):
         return {"role": ROLES[role], "content": content}
     if not isinstance(content, list) or not content:
-        raise BadInput(f"line {line}: {where}.content must be a string or an array of parts")
+        raise BadInput(f"{where}.content must be a string or an array of parts")
     texts: list[str] = []
     refs: list[ImageRef] = []
     for i, part in enumerate(content):
@@ -172,11 +175,11 @@ def _message(line: int, index: int, message: Any, images: ImagePolicy) -> dict[s
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
-                raise BadInput(f"line {line}: {part_where}.image_url needs a url")
+                raise BadInput(f"{part_where}.image_url needs a url")
             refs.append(ImageRef(url, f"{part_where}.image_url", images))
         else:
             raise BadInput(
-                f"line {line}: {part_where} is not a text or image_url part"
+                f"{part_where} is not a text or image_url part"
                 + (f" ({kind!r} is not supported on Ollama)" if isinstance(kind, str) else "")
             )
     # Several text parts read as one prompt, a part a paragraph, as vLLM joins them.
@@ -189,24 +192,22 @@ def _message(line: int, index: int, message: Any, images: ImagePolicy) -> dict[s
 _compiled: OrderedDict[str, OutputSchema] = OrderedDict()
 
 
-def _response_format(line: int, value: Any) -> tuple[Format | None, OutputSchema | None]:
+def _response_format(value: Any) -> tuple[Format | None, OutputSchema | None]:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "text":
         return None, None
     if kind == "json_object":
         return "json", AnyJsonObject()
     if kind != "json_schema":
-        raise BadInput(
-            f"line {line}: body.response_format must have type text, json_object or json_schema"
-        )
+        raise BadInput("body.response_format must have type text, json_object or json_schema")
     spec = value.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
-        raise BadInput(f"line {line}: body.response_format.json_schema.schema must be an object")
-    return schema, _validator(line, schema)
+        raise BadInput("body.response_format.json_schema.schema must be an object")
+    return schema, _validator(schema)
 
 
-def _validator(line: int, schema: dict[str, Any]) -> OutputSchema:
+def _validator(schema: dict[str, Any]) -> OutputSchema:
     key = json.dumps(schema, sort_keys=True)
     if (known := _compiled.get(key)) is not None:
         _compiled.move_to_end(key)
@@ -215,8 +216,7 @@ def _validator(line: int, schema: dict[str, Any]) -> OutputSchema:
         compiled = compile_json_schema(schema)
     except jsonschema.SchemaError as exc:
         raise BadInput(
-            f"line {line}: body.response_format.json_schema.schema is not a valid JSON Schema: "
-            f"{exc.message}"
+            f"body.response_format.json_schema.schema is not a valid JSON Schema: {exc.message}"
         ) from None
     _compiled[key] = compiled
     if len(_compiled) > SCHEMA_CACHE:

@@ -1,0 +1,198 @@
+"""The output record: how a row's result is written, and how a line is read back.
+
+Native lines (one JSON object a row; keys in this order, which resume relies on):
+
+    {"id": …, "line": N, "status": "ok"|"error", "output"|"error": …, "attempts": …,
+     "usage": {…}, "model": …, "host": …, "done_reason": …, "durations_ns": {…},
+     "elapsed_s": …, "config": "<fingerprint>"}
+
+OpenAI lines (`--output-format openai`) wrap that record as OpenAI's `BatchRequestOutput`, so
+code written to read OpenAI batch results reads ours unchanged:
+
+    {"id": "batch_req_...", "custom_id": "r1",
+     "response": {"status_code": 200, "request_id": "req_...", "body": <chat.completion>},
+     "error": null, "batch": <the native record>}
+
+A failed row has `"response": null` and `"error": {"code": <error type>, "message": ...}`.
+`batch` is an extra field, which OpenAI's own client models accept; resume reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from batch.errors import ConfigError
+from batch.rows import RowResult, id_key
+
+OutputFormat = Literal["native", "openai"]
+EXTRAS = "batch"  # the OpenAI line's key for the native record
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
+    request = result.row.request
+    record: dict[str, Any] = {"id": result.row.id, "line": result.row.line}
+    if result.failure is None:
+        record["status"] = "ok"
+        record["output"] = result.output
+    else:
+        record["status"] = "error"
+        record["error"] = result.failure.as_record()
+    record["attempts"] = result.attempts
+    record["usage"] = result.usage.as_record()
+    if request is not None:
+        record["model"] = request.model
+    if result.host is not None:
+        record["host"] = result.host
+    if result.done_reason is not None:
+        record["done_reason"] = result.done_reason
+    if result.durations_ns:
+        record["durations_ns"] = result.durations_ns
+    record["elapsed_s"] = round(result.elapsed_s, 3)
+    record["config"] = fingerprint
+    return record
+
+
+def openai_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
+    native = native_record(result, fingerprint)
+    # Ids derived from the settings and the row, not random: a rerun writes the same ids.
+    digest = hashlib.sha256(f"{fingerprint}/{id_key(result.row.id)}".encode()).hexdigest()[:24]
+    record: dict[str, Any] = {
+        "id": f"batch_req_{digest}",
+        "custom_id": str(result.row.id),  # OpenAI's custom_id is always a string
+        "response": None,
+        "error": None,
+    }
+    if result.failure is None:
+        record["response"] = {
+            "status_code": 200,
+            "request_id": f"req_{digest}",
+            "body": _chat_completion(result, digest, fingerprint),
+        }
+    else:
+        record["error"] = {"code": result.failure.kind, "message": result.failure.message}
+    record[EXTRAS] = native
+    return record
+
+
+def _chat_completion(result: RowResult, digest: str, fingerprint: str) -> dict[str, Any]:
+    usage = result.usage
+    request = result.row.request
+    return {
+        "id": f"chatcmpl-{digest}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model if request is not None else "",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.content or "", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length" if result.done_reason == "length" else "stop",
+            }
+        ],
+        # Summed over every attempt of the row, re-asks included: what the row cost.
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        },
+        "system_fingerprint": f"batch-{fingerprint}",
+    }
+
+
+def native_view(record: dict[str, Any]) -> tuple[dict[str, Any], OutputFormat]:
+    """The native record inside an output line, and the line's format."""
+    extras = record.get(EXTRAS)
+    if "custom_id" in record and isinstance(extras, dict):
+        return extras, "openai"
+    return record, "native"
+
+
+def read_native(raw: bytes) -> tuple[dict[str, Any], OutputFormat] | None:
+    """A whole output line's native record and format; None for a line cut short by a kill or
+    one that is not a JSON object."""
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return native_view(record) if isinstance(record, dict) else None
+
+
+def line_of(raw: bytes) -> int:
+    """The input line number an output line records."""
+    record, _ = native_view(json.loads(raw))
+    line: int = record["line"]
+    return line
+
+
+class RecordCodec:
+    """Results -> output lines, and output lines -> the ids already done, for one run's
+    settings (`fingerprint`) and output format."""
+
+    def __init__(self, fingerprint: str, output_format: OutputFormat = "native") -> None:
+        self.fingerprint = fingerprint
+        self.output_format = output_format
+        self._tail = f',"config":"{fingerprint}"}}\n'.encode()
+
+    def encode(self, result: RowResult) -> bytes:
+        if self.output_format == "openai":
+            return encode_line(openai_record(result, self.fingerprint))
+        return encode_line(native_record(result, self.fingerprint))
+
+    def done_key(self, path: Path, number: int, raw: bytes) -> str | None:
+        """The id key of an `ok` line; None for a row to run again (failed, or cut short by a
+        kill). Raises `ConfigError` for a line batch did not write, or wrote under other
+        settings or in the other output format."""
+        read = read_native(raw)
+        if read is None:  # a line cut short by a kill: its row runs again
+            return None
+        record, shape = read
+        if "status" not in record or "id" not in record:
+            raise ConfigError(
+                f"{path} line {number} is not a row written by batch: "
+                "choose another --output, or pass --overwrite to replace the file"
+            )
+        if shape != self.output_format:
+            raise ConfigError(
+                f"{path} holds {shape} rows (line {number}), not {self.output_format} ones: "
+                f"rerun with --output-format {shape} to resume, or pass --overwrite to start over"
+            )
+        if record.get("config") != self.fingerprint:
+            raise ConfigError(
+                f"{path} holds rows labelled with a different model, schema, template, "
+                f"system prompt or options (line {number}): rerun with the same settings "
+                "to resume, choose another --output, or pass --overwrite to start over"
+            )
+        return id_key(record["id"]) if record["status"] == "ok" else None
+
+    def ok_key_at_a_glance(self, raw: bytes) -> str | None:
+        """The id key of an `ok` native line as `native_record` writes it, found without
+        parsing the whole line; None otherwise, and the line gets `done_key`'s full reading.
+        Resume reads millions of these, so it matters."""
+        if not (raw.endswith(self._tail) and raw.startswith(b'{"id":')):
+            return None
+        # Inside a JSON string a quote is escaped, so the first `,"line":` ends the id.
+        id_end = raw.find(b',"line":', 6)
+        status = raw.find(b",", id_end + 8) if id_end > 0 else -1
+        if status < 0 or not raw.startswith(b',"status":"ok",', status):
+            return None
+        token = raw[6:id_end]
+        try:
+            if token.isdigit():
+                return id_key(int(token))
+            if token.startswith(b'"') and b"\\" not in token:  # a string with nothing escaped
+                return id_key(token[1:-1].decode())
+            row_id = json.loads(token)
+        except ValueError:
+            return None
+        return id_key(row_id) if isinstance(row_id, str | int) else None

@@ -1,0 +1,96 @@
+"""The sink: finished rows -> output lines, the only writer of the output (and errors) file.
+
+Rows that finish close together are written together: one write a batch instead of a thread
+hop a row. With `--ordered`, lines wait in the reorder window until the rows before them are
+written. Every row written is counted in the run's stats, so the summary matches the file.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from batch.output import OutputWriter
+from batch.records import RecordCodec
+from batch.reorder import ReorderWindow
+from batch.rows import RowResult
+from batch.summary import RunStats
+
+# Finished rows gather for up to FLUSH_EVERY seconds (at most WRITE_BATCH of them) and go to
+# disk in one write. A kill loses at most those, and they run again on resume.
+WRITE_BATCH = 256
+FLUSH_EVERY = 0.05
+
+Item = tuple[bytes, bool]  # an output line, and whether its row failed
+
+
+class ResultSink:
+    def __init__(
+        self,
+        output: Path,
+        codec: RecordCodec,
+        stats: RunStats,
+        *,
+        errors_file: Path | None = None,
+        window: ReorderWindow[Item] | None = None,
+    ) -> None:
+        self._output = output
+        self._errors_file = errors_file
+        self._codec = codec
+        self._stats = stats
+        self._window = window
+
+    async def drain(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
+        """Write every result that arrives, until the stream ends."""
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(results)
+            output = await stack.enter_async_context(OutputWriter(self._output))
+            errors = output
+            if self._errors_file is not None:
+                errors_writer = OutputWriter(self._errors_file, lazy=True)
+                errors = await stack.enter_async_context(errors_writer)
+            flushed = -FLUSH_EVERY
+            async for result in results:
+                if (wait := flushed + FLUSH_EVERY - anyio.current_time()) > 0:
+                    await anyio.sleep(wait)  # rows come fast: let the next ones gather
+                batch = [result, *_ready(results, WRITE_BATCH - 1)]
+                await _emit(output, errors, self._due(batch))
+                for done in batch:
+                    self._stats.count(done)
+                flushed = anyio.current_time()
+            if self._window is not None:  # rows after one a stopped run never finished
+                await _emit(output, errors, self._window.rest())
+
+    def _due(self, batch: list[RowResult]) -> list[Item]:
+        items = [(self._codec.encode(r), r.failure is not None) for r in batch]
+        if self._window is None:
+            return items
+        return [
+            due
+            for r, item in zip(batch, items, strict=True)
+            for due in self._window.put(r.row.seq, item)
+        ]
+
+
+def _ready(results: MemoryObjectReceiveStream[RowResult], limit: int) -> list[RowResult]:
+    ready: list[RowResult] = []
+    while len(ready) < limit:
+        try:
+            ready.append(results.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return ready
+
+
+async def _emit(output: OutputWriter, errors: OutputWriter, items: list[Item]) -> None:
+    """Write (line, failed) items: failed ones to `errors` when that is a file of its own."""
+    # Shielded: a cancelled run still finishes the write it started.
+    with anyio.CancelScope(shield=True):
+        if errors is output:
+            await output.write([line for line, _ in items])
+        else:
+            await output.write([line for line, failed in items if not failed])
+            await errors.write([line for line, failed in items if failed])
