@@ -37,58 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
             "in the output are skipped, failed rows are tried again."
         ),
     )
-    # default=SUPPRESS: only flags the user typed reach the config, so env and file can fill in.
-    add = partial(_add, run)
     run.add_argument("input", type=Path, help="the JSONL file of rows")
+    for adder in (_files, _model, _hosts, _retries, _access, _shards, _display):
+        adder(run)
+    _add_merge(commands)
+    return parser
+
+
+# default=SUPPRESS: only flags the user typed reach the config, so env and file can fill in.
+def _files(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("input and output")
+    add = partial(_add, group)
     add("-o", "--output", type=Path, help="output JSONL (default: INPUT with .out.jsonl)")
     add("--summary", type=Path, help="summary JSON (default: OUTPUT with .summary.json)")
-    add("-m", "--model", help="Ollama model; a row's own 'model' wins")
-    add(
-        "--host",
-        dest="hosts",
-        action="append",
-        metavar="URL",
-        help="Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
-    )
-    add("-c", "--concurrency", type=int, help="requests in flight per host (default 4)")
-    add("--timeout", type=float, metavar="SECONDS", help="limit for each request (default 300)")
-    add(
-        "--option",
-        dest="options",
-        action="append",
-        metavar="KEY=VALUE",
-        help="Ollama option, repeatable, e.g. num_ctx=8192 (default temperature=0)",
-    )
-    add(
-        "--schema",
-        dest="schema_ref",
-        metavar="module:Class|file.json",
-        help="validate each result against a pydantic model or a JSON Schema",
-    )
-    add("--template", metavar="TEXT", help="build the prompt from row fields: 'Review: {text}'")
-    add("--system", metavar="TEXT", help="system prompt for every row")
-    add("--max-attempts", type=int, help="tries per row, any cause (default 5)")
-    add("--backoff", type=float, metavar="SECONDS", help="first retry wait (default 0.5)")
-    add("--backoff-max", type=float, metavar="SECONDS", help="longest retry wait (default 10)")
-    add(
-        "--grace-period",
-        type=float,
-        metavar="SECONDS",
-        help="time in-flight rows get after SIGINT/SIGTERM (default 5)",
-    )
-    add(
-        "--log-every",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between progress lines when stderr is not a terminal (default 10)",
-    )
-    add(
-        "--embedded-contexts",
-        type=int,
-        metavar="N",
-        help="with --host embedded: llama.cpp contexts, each serving one row at a time "
-        "(default: one a core)",
-    )
     add(
         "--output-format",
         choices=["native", "openai"],
@@ -106,7 +67,79 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let rows read image files outside the input file's folder",
     )
-    # Production setups: credentials, TLS, proxies, the model's life (README "Production setups").
+    add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
+    group.add_argument(
+        "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
+    )
+
+
+def _model(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("model and prompt"))
+    add("-m", "--model", help="Ollama model; a row's own 'model' wins")
+    add(
+        "--option",
+        dest="options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Ollama option, repeatable, e.g. num_ctx=8192 (default temperature=0)",
+    )
+    add(
+        "--schema",
+        dest="schema_ref",
+        metavar="module:Class|file.json",
+        help="validate each result against a pydantic model or a JSON Schema",
+    )
+    add("--template", metavar="TEXT", help="build the prompt from row fields: 'Review: {text}'")
+    add("--system", metavar="TEXT", help="system prompt for every row")
+    add(
+        "--think",
+        choices=["auto", "on", "off", "low", "medium", "high"],
+        help="thinking for thinking models (default auto: off when a schema is set)",
+    )
+
+
+def _hosts(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("hosts and concurrency"))
+    add(
+        "--host",
+        dest="hosts",
+        action="append",
+        metavar="URL",
+        help="Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
+    )
+    add("-c", "--concurrency", type=int, help="requests in flight per host (default 4)")
+    add(
+        "--embedded-contexts",
+        type=int,
+        metavar="N",
+        help="with --host embedded: llama.cpp contexts, each serving one row at a time "
+        "(default: one a core)",
+    )
+
+
+def _retries(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("retries and time"))
+    add("--timeout", type=float, metavar="SECONDS", help="limit for each request (default 300)")
+    add("--max-attempts", type=int, help="tries per row, any cause (default 5)")
+    add("--backoff", type=float, metavar="SECONDS", help="first retry wait (default 0.5)")
+    add("--backoff-max", type=float, metavar="SECONDS", help="longest retry wait (default 10)")
+    add(
+        "--grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="time in-flight rows get after SIGINT/SIGTERM (default 5)",
+    )
+    add(
+        "--keep-alive",
+        metavar="DURATION",
+        help="keep_alive sent with each request, e.g. 1h or -1 (default: 30m during the run, "
+        "then the server's default)",
+    )
+
+
+def _access(run: argparse.ArgumentParser) -> None:
+    """Production setups: credentials, TLS, proxies (README "Production setups")."""
+    add = partial(_add, run.add_argument_group("access and TLS"))
     add(
         "--header",
         dest="headers",
@@ -122,27 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="proxy for every host, loopback included (default: HTTP(S)_PROXY, never loopback)",
     )
-    add(
-        "--keep-alive",
-        metavar="DURATION",
-        help="keep_alive sent with each request, e.g. 1h or -1 (default: 30m during the run, "
-        "then the server's default)",
-    )
-    add(
-        "--think",
-        choices=["auto", "on", "off", "low", "medium", "high"],
-        help="thinking for thinking models (default auto: off when a schema is set)",
-    )
+
+
+def _shards(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("shards"))
     add("--shard", metavar="K/N", help="run only shard K (from 0) of N; see README 'Shards'")
     add("--shards", type=int, metavar="N", help="shard count when K comes from the scheduler")
-    add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
+
+
+def _display(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("display")
+    add = partial(_add, group)
     add("-q", "--quiet", action="store_true", help="no progress display")
-    run.add_argument(
-        "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
+    add(
+        "--log-every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10)",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    _add_merge(commands)
-    return parser
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _add_merge(commands: Any) -> None:
@@ -185,7 +216,7 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_ROWS_FAILED if report.error else EXIT_OK
 
 
-def _add(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
+def _add(parser: argparse._ActionsContainer, *names: str, **kwargs: Any) -> None:
     parser.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
 
 

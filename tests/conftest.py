@@ -1,12 +1,20 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the helpers the test files share (import them from `tests.conftest`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import socket
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batch.cli import main
 from batch.testing import FakeOllama
+
+# Retries wait next to nothing in tests: the backoff is not what they check.
+FAST_RETRIES = ("--backoff", "0.01", "--backoff-max", "0.05")
 
 
 @pytest.fixture
@@ -14,3 +22,42 @@ def fake_ollama() -> Iterator[FakeOllama]:
     """A fresh fake Ollama server per test, serving `fake-model` from a background thread."""
     with FakeOllama() as fake:
         yield fake
+
+
+def write_rows(path: Path, rows: int | Iterable[Any]) -> Path:
+    """Rows `{"id": i, "prompt": "row i"}`, for i in range(rows) or in the ids given."""
+    ids = range(rows) if isinstance(rows, int) else rows
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in ids))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_cli(path: Path, host: str, *extra: str, model: str = "m") -> int:
+    """`batch run` on `path` with the schema file beside it, quiet, with fast retries."""
+    schema = str(path.parent / "schema.json")
+    argv = ["run", str(path), "--model", model, "--host", host, "--schema", schema, "-q"]
+    return main([*argv, *FAST_RETRIES, *extra])
+
+
+def output_by_id(path: Path) -> dict[Any, dict[str, Any]]:
+    """The output rows of input `path` (`in.jsonl` -> `in.out.jsonl`) by id, each id once."""
+    rows = read_jsonl(path.with_name("in.out.jsonl"))
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == len(rows), "an id was written twice"
+    return by_id
+
+
+def summary_of(path: Path) -> dict[str, Any]:
+    """The summary file of input `path`'s run."""
+    result: dict[str, Any] = json.loads(path.with_name("in.out.summary.json").read_text())
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from batch.cli import main
 from batch.testing import FakeOllama, Fault, count_tokens
+from tests.conftest import free_port, output_by_id, run_cli, summary_of
 
 SCHEMA = {
     "type": "object",
@@ -44,38 +44,12 @@ def job(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def run(path: Path, host: str, *extra: str) -> int:
-    schema = str(path.parent / "schema.json")
-    argv = ["run", str(path), "--model", "m", "--host", host, "--schema", schema, "-q"]
-    return main([*argv, "--backoff", "0.01", "--backoff-max", "0.05", *extra])
-
-
-def output(path: Path) -> dict[Any, dict[str, Any]]:
-    lines = path.with_name("in.out.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    by_id = {r["id"]: r for r in rows}
-    assert len(by_id) == len(rows), "an id was written twice"
-    return by_id
-
-
-def summary(path: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(path.with_name("in.out.summary.json").read_text())
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_rows_are_labelled_validated_and_metered(
     server: FakeOllama, job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = job(5)
-    assert run(path, server.url) == 0
-    rows = output(path)
+    assert run_cli(path, server.url) == 0
+    rows = output_by_id(path)
     assert sorted(rows) == [0, 1, 2, 3, 4]
     for i, row in rows.items():
         assert row["status"] == "ok"
@@ -90,7 +64,7 @@ def test_rows_are_labelled_validated_and_metered(
         assert row["durations_ns"]["total_duration"] > 0
     assert server.requests[0]["format"] == SCHEMA
     assert server.requests[0]["options"] == {"temperature": 0}
-    assert summary(path)["rows"] == {"total": 5, "ok": 5, "error": 0, "skipped": 0}
+    assert summary_of(path)["rows"] == {"total": 5, "ok": 5, "error": 0, "skipped": 0}
     assert "5 ok, 0 failed" in capsys.readouterr().err
 
 
@@ -115,10 +89,10 @@ def test_each_fault_is_retried_to_success(
 ) -> None:
     path = job(1)
     server.add_fault(Fault(kind, times=2))
-    assert run(path, server.url) == 0
-    [row] = output(path).values()
+    assert run_cli(path, server.url) == 0
+    [row] = output_by_id(path).values()
     assert row["status"] == "ok" and row["attempts"] == 3
-    assert summary(path)["retries"] == {"total": 2, "by_cause": {cause: 2}}
+    assert summary_of(path)["retries"] == {"total": 2, "by_cause": {cause: 2}}
 
 
 def test_a_hung_server_times_out_and_is_retried(
@@ -126,10 +100,10 @@ def test_a_hung_server_times_out_and_is_retried(
 ) -> None:
     path = job(2)
     server.add_fault(Fault("hang", match="row 0", times=1))
-    assert run(path, server.url, "--timeout", "0.5") == 0
-    rows = output(path)
+    assert run_cli(path, server.url, "--timeout", "0.5") == 0
+    rows = output_by_id(path)
     assert rows[0]["status"] == "ok" and rows[0]["attempts"] == 2
-    assert summary(path)["retries"]["by_cause"] == {"timeout": 1}
+    assert summary_of(path)["retries"]["by_cause"] == {"timeout": 1}
 
 
 def test_a_row_that_never_validates_fails_alone_with_its_raw_reply(
@@ -142,21 +116,21 @@ def test_a_row_that_never_validates_fails_alone_with_its_raw_reply(
         return "I think it is positive." if asked_row_2 else '{"label": "neutral"}'
 
     server.responder = prose_for_row_2
-    assert run(path, server.url, "--max-attempts", "3") == 1
-    rows = output(path)
+    assert run_cli(path, server.url, "--max-attempts", "3") == 1
+    rows = output_by_id(path)
     assert [rows[i]["status"] for i in range(3)] == ["ok", "ok", "error"]
     error = rows[2]["error"]
     assert error["type"] == "validation" and "not JSON" in error["message"]
     assert error["raw"]
     assert rows[2]["attempts"] == 3 and rows[2]["usage"]["requests"] == 3
-    assert summary(path)["errors_by_type"] == {"validation": 1}
+    assert summary_of(path)["errors_by_type"] == {"validation": 1}
 
 
 def test_missing_token_counts_count_as_zero(server: FakeOllama, job: Callable[..., Path]) -> None:
     path = job(1)
     server.add_fault(Fault("no_counts"))
-    assert run(path, server.url) == 0
-    assert output(path)[0]["usage"] == {"requests": 1, "input_tokens": 0, "output_tokens": 0}
+    assert run_cli(path, server.url) == 0
+    assert output_by_id(path)[0]["usage"] == {"requests": 1, "input_tokens": 0, "output_tokens": 0}
 
 
 def test_an_unknown_model_stops_the_run_early(
@@ -167,14 +141,14 @@ def test_an_unknown_model_stops_the_run_early(
     assert code == 2
     assert "model 'nope' is not available" in capsys.readouterr().err
     assert server.request_count < 10
-    assert summary(path)["fatal"].startswith("model 'nope'")
+    assert summary_of(path)["fatal"].startswith("model 'nope'")
 
 
 def test_an_unreachable_host_stops_the_run_naming_it(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     host = f"http://127.0.0.1:{free_port()}"
-    assert run(job(3), host, "--max-attempts", "2") == 2
+    assert run_cli(job(3), host, "--max-attempts", "2") == 2
     err = capsys.readouterr().err
     assert f"cannot connect to {host} after 2 attempts" in err
     assert "Traceback" not in err
@@ -183,7 +157,7 @@ def test_an_unreachable_host_stops_the_run_naming_it(
 def test_concurrency_is_never_exceeded(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"], slots=16, latency=0.02) as fake:
         path = job(40)
-        assert run(path, fake.url, "-c", "3") == 0
+        assert run_cli(path, fake.url, "-c", "3") == 0
         assert fake.max_in_flight == 3
 
 
@@ -201,7 +175,7 @@ def test_bad_input_lines_each_get_one_error_row_and_the_rest_run(
         '{"id": "d", "prompt": "ok", "options": "x"}',
     ]
     path = job(lines=lines)
-    assert run(path, server.url) == 1
+    assert run_cli(path, server.url) == 1
     rows = [json.loads(x) for x in path.with_name("in.out.jsonl").read_text().splitlines()]
     by_line = {r["line"]: r for r in rows}
     assert sorted(by_line) == [1, 2, 3, 4, 5, 7, 8]
@@ -217,24 +191,24 @@ def test_rerun_resumes_and_ends_with_one_line_per_row(
 ) -> None:
     path = job(6)
     server.add_fault(Fault("crash", match="row 4", times=None))
-    assert run(path, server.url, "--max-attempts", "2") == 1
+    assert run_cli(path, server.url, "--max-attempts", "2") == 1
     server.clear_faults()
     sent_before = server.request_count
-    assert run(path, server.url) == 0
+    assert run_cli(path, server.url) == 0
     assert server.request_count == sent_before + 1
-    rows = output(path)
+    rows = output_by_id(path)
     assert sorted(rows) == list(range(6)) and all(r["status"] == "ok" for r in rows.values())
-    assert summary(path)["rows"] == {"total": 6, "ok": 1, "error": 0, "skipped": 5}
+    assert summary_of(path)["rows"] == {"total": 6, "ok": 1, "error": 0, "skipped": 5}
 
 
 def test_rerun_with_another_model_is_refused(
     server: FakeOllama, job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = job(2)
-    assert run(path, server.url) == 0
-    assert run(path, server.url, "--system", "other") == 2
+    assert run_cli(path, server.url) == 0
+    assert run_cli(path, server.url, "--system", "other") == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert run(path, server.url, "--system", "other", "--overwrite") == 0
+    assert run_cli(path, server.url, "--system", "other", "--overwrite") == 0
 
 
 def test_usage_errors_exit_2_with_a_message(

@@ -18,11 +18,7 @@ from batch.errors import ConfigError, FatalRunError, Transient
 from batch.hosts import Host, HostPolicy, parse_host
 from batch.pipeline import run_job
 from batch.testing import FakeOllama, Fault, FunctionBackend, completion
-
-
-def write_rows(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in range(n)))
-    return path
+from tests.conftest import write_rows
 
 
 def output_ids(config: JobConfig) -> list[Any]:

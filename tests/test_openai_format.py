@@ -16,6 +16,7 @@ from batch.cli import main
 from batch.errors import ConfigError
 from batch.rows import RowDefaults
 from batch.testing import FakeOllama, Fault
+from tests.conftest import read_jsonl
 
 # A 1x1 PNG, as a vision request would carry it.
 PNG = base64.b64decode(
@@ -82,10 +83,6 @@ JSON_MODE = request(
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def read_openai_results(path: Path) -> dict[str, dict[str, Any]]:

@@ -15,21 +15,13 @@ from batch import FatalRunError, JobConfig, run_job
 from batch.backends.base import ChatRequest, Completion
 from batch.errors import ConfigError, Rejected, Transient
 from batch.testing import FunctionBackend, completion
+from tests.conftest import read_jsonl, write_rows
 
 SCHEMA = {
     "type": "object",
     "properties": {"label": {"enum": ["pos", "neg"]}},
     "required": ["label"],
 }
-
-
-def write_rows(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in range(n)))
-    return path
-
-
-def read_output(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture
@@ -60,7 +52,7 @@ async def test_valid_rows_are_written_with_output_and_usage(job: Callable[..., J
     config = job(3)
     backend = FunctionBackend(scripted(completion('{"label": "pos"}', tokens=(10, 4))))
     summary = await run_job(config, backends=[backend])
-    rows = read_output(config.output_path)
+    rows = read_jsonl(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
     assert all(r["status"] == "ok" and r["output"] == {"label": "pos"} for r in rows)
     assert all(r["attempts"] == 1 for r in rows)
@@ -82,7 +74,7 @@ async def test_transient_failures_are_retried_and_counted(job: Callable[..., Job
         )
     )
     summary = await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["status"] == "ok"
     assert row["attempts"] == 3
     assert row["usage"]["requests"] == 1  # transport failures got no response
@@ -108,7 +100,7 @@ async def test_invalid_output_is_reasked_with_the_reason(
         scripted(completion(bad, tokens=(5, 7)), completion('{"label": "pos"}'))
     )
     summary = await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["status"] == "ok" and row["attempts"] == 2
     # Tokens of the rejected reply count too.
     assert row["usage"] == {"requests": 2, "input_tokens": 8, "output_tokens": 9}
@@ -124,7 +116,7 @@ async def test_truncated_json_is_reasked_and_reported_when_it_persists(
     config = job(1, max_attempts=2)
     backend = FunctionBackend(scripted(completion('{"label": "p', done_reason="length")))
     summary = await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["status"] == "error"
     assert row["error"]["type"] == "truncated"
     assert row["error"]["raw"] == '{"label": "p'
@@ -138,7 +130,7 @@ async def test_attempts_are_bounded_and_the_last_raw_output_is_kept(
     config = job(1, max_attempts=3)
     backend = FunctionBackend(scripted(completion("no idea")))
     await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["status"] == "error" and row["attempts"] == 3
     assert row["error"]["type"] == "validation"
     assert "not JSON" in row["error"]["message"]
@@ -151,7 +143,7 @@ async def test_a_rejected_request_is_not_retried(job: Callable[..., JobConfig]) 
     rejected = Rejected("HTTP 400: the prompt is longer than the context length", status_code=400)
     backend = FunctionBackend(scripted(rejected))
     await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["error"] == {
         "type": "http",
         "message": "HTTP 400: the prompt is longer than the context length",
@@ -216,7 +208,7 @@ async def test_rerun_skips_ok_rows_and_retries_failed_ones(job: Callable[..., Jo
     summary = await run_job(config, backends=[second])
     assert summary.rows.model_dump() == {"total": 4, "ok": 1, "error": 0, "skipped": 3}
     assert [r.messages[-1]["content"] for r in second.requests] == ["row 2"]
-    rows = read_output(config.output_path)
+    rows = read_jsonl(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2, 3]
     assert all(r["status"] == "ok" for r in rows)
 
@@ -239,7 +231,7 @@ async def test_rerun_skips_ids_of_every_spelling(job: Callable[..., JobConfig]) 
         "skipped": len(ids),
     }
     assert second.requests == []
-    assert [r["id"] for r in read_output(config.output_path)].count("7") == 1
+    assert [r["id"] for r in read_jsonl(config.output_path)].count("7") == 1
 
 
 async def test_rerun_drops_a_partial_last_line(job: Callable[..., JobConfig]) -> None:
@@ -250,7 +242,7 @@ async def test_rerun_drops_a_partial_last_line(job: Callable[..., JobConfig]) ->
     second = FunctionBackend(scripted(completion('{"label": "pos"}')))
     summary = await run_job(config, backends=[second])
     assert summary.rows.skipped == 2 and summary.rows.ok == 1
-    rows = read_output(config.output_path)
+    rows = read_jsonl(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
 
 
@@ -266,14 +258,14 @@ async def test_rerun_with_other_settings_is_refused_unless_overwrite(
     backend = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(overwrite, backends=[backend])
     assert summary.rows.model_dump() == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
-    assert all(r["output"] == {"label": "neg"} for r in read_output(config.output_path))
+    assert all(r["output"] == {"label": "neg"} for r in read_jsonl(config.output_path))
 
 
 async def test_without_a_schema_the_output_is_the_text(job: Callable[..., JobConfig]) -> None:
     config = job(1, schema_ref=None)
     backend = FunctionBackend(scripted(completion("just words", done_reason="length")))
     await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["status"] == "ok" and row["output"] == "just words"
     assert row["done_reason"] == "length"
     assert backend.requests[0].format is None
@@ -299,7 +291,7 @@ async def test_a_pydantic_schema_from_the_working_directory(
         )
     )
     await run_job(config, backends=[backend])
-    [row] = read_output(config.output_path)
+    [row] = read_jsonl(config.output_path)
     assert row["output"] == {"label": "pos", "score": 1.0}
     assert row["attempts"] == 2
     assert "score" in backend.requests[1].messages[-1]["content"]
@@ -310,7 +302,7 @@ async def test_duplicate_ids_fail_only_the_later_row(job: Callable[..., JobConfi
     with config.input.open("a") as f:
         f.write('{"id": 1, "prompt": "again"}\n')
     await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
-    rows = {r["line"]: r for r in read_output(config.output_path)}
+    rows = {r["line"]: r for r in read_jsonl(config.output_path)}
     assert rows[2]["status"] == "ok"
     assert rows[3]["status"] == "error"
     assert "already used" in rows[3]["error"]["message"]

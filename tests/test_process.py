@@ -15,15 +15,9 @@ from typing import Any
 import pytest
 
 from batch.testing import FakeOllama
-from tests.test_cli import free_port
+from tests.conftest import free_port, write_rows
 
 pytestmark = pytest.mark.slow
-
-
-def write_rows(tmp_path: Path, n: int) -> Path:
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in range(n)))
-    return path
 
 
 def start(path: Path, host: str, *extra: str) -> subprocess.Popen[str]:
@@ -71,7 +65,7 @@ def slow_server() -> Iterator[FakeOllama]:
 def test_kill_9_mid_run_loses_nothing_written_and_the_rerun_completes(
     tmp_path: Path, slow_server: FakeOllama
 ) -> None:
-    path = write_rows(tmp_path, 200)
+    path = write_rows(tmp_path / "in.jsonl", 200)
     proc = start(path, slow_server.url, "-c", "4", "-q")
     wait_until_written(path, 20)
     proc.send_signal(signal.SIGKILL)
@@ -91,7 +85,7 @@ def test_kill_9_mid_run_loses_nothing_written_and_the_rerun_completes(
 def test_a_signal_stops_taking_rows_keeps_what_completed_and_exits(
     tmp_path: Path, slow_server: FakeOllama, signum: int, code: int
 ) -> None:
-    path = write_rows(tmp_path, 300)
+    path = write_rows(tmp_path / "in.jsonl", 300)
     proc = start(path, slow_server.url, "-c", "4", "-q", "--grace-period", "5")
     wait_until_written(path, 8)
     proc.send_signal(signum)
@@ -110,7 +104,7 @@ def test_a_signal_stops_taking_rows_keeps_what_completed_and_exits(
 
 def test_a_server_that_comes_up_late_is_waited_for(tmp_path: Path) -> None:
     port = free_port()
-    path = write_rows(tmp_path, 5)
+    path = write_rows(tmp_path / "in.jsonl", 5)
     proc = start(path, f"http://127.0.0.1:{port}", "-v", "--max-attempts", "20")
     assert proc.stderr is not None
     for line in proc.stderr:  # the first refused connection is logged; then the server starts
@@ -123,7 +117,7 @@ def test_a_server_that_comes_up_late_is_waited_for(tmp_path: Path) -> None:
 
 
 def test_a_server_that_goes_away_stops_the_run_and_a_rerun_finishes(tmp_path: Path) -> None:
-    path = write_rows(tmp_path, 200)
+    path = write_rows(tmp_path / "in.jsonl", 200)
     fake = FakeOllama(models=["m"], slots=2, latency=0.05)
     fake.start()
     port = int(fake.url.rsplit(":", 1)[1])

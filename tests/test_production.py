@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import trustme
 
-from batch.cli import main
 from batch.testing import FakeOllama, Fault
-from tests.test_cli import free_port
+from tests.conftest import free_port, output_by_id, run_cli, summary_of
 
 SCHEMA = {
     "type": "object",
@@ -49,22 +48,6 @@ def job(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def run(path: Path, host: str, *extra: str, model: str = "m") -> int:
-    schema = str(path.parent / "schema.json")
-    argv = ["run", str(path), "--model", model, "--host", host, "--schema", schema, "-q"]
-    return main([*argv, "--backoff", "0.01", "--backoff-max", "0.05", *extra])
-
-
-def output(path: Path) -> dict[Any, dict[str, Any]]:
-    lines = path.with_name("in.out.jsonl").read_text().splitlines()
-    return {r["id"]: r for r in map(json.loads, lines)}
-
-
-def summary(path: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(path.with_name("in.out.summary.json").read_text())
-    return result
-
-
 # ---- credentials --------------------------------------------------------------------------------
 
 
@@ -74,9 +57,9 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
     with FakeOllama(models=["m"], require_headers={"Authorization": f"Bearer {TOKEN}"}) as fake:
         path = job(3)
-        assert run(path, fake.url) == 0
+        assert run_cli(path, fake.url) == 0
         assert fake.refused == 0
-    assert summary(path)["rows"]["ok"] == 3
+    assert summary_of(path)["rows"]["ok"] == 3
 
 
 def test_headers_apply_to_every_host_or_to_the_one_named(
@@ -90,7 +73,7 @@ def test_headers_apply_to_every_host_or_to_the_one_named(
         (tmp_path / "in.toml").write_text(
             f'[headers]\n"X-Team" = "ml"\n[headers."{second.url}"]\n"X-Gate" = "b"\n'
         )
-        code = run(
+        code = run_cli(
             path, first.url, "--host", second.url, "--header", f"{first.url} X-Gate: a", "-c", "1"
         )
         assert code == 0
@@ -101,7 +84,7 @@ def test_headers_apply_to_every_host_or_to_the_one_named(
 def test_a_header_for_a_host_that_is_not_used_is_refused(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = run(job(1), "http://127.0.0.1:9", "--header", "http://127.0.0.2:9 X-Gate: a")
+    code = run_cli(job(1), "http://127.0.0.1:9", "--header", "http://127.0.0.2:9 X-Gate: a")
     assert code == 2
     assert "headers are set for http://127.0.0.2:9" in capsys.readouterr().err
 
@@ -113,9 +96,9 @@ def test_credentials_in_the_host_url_become_basic_auth_and_are_never_shown(
     with FakeOllama(models=["m"], require_headers={"Authorization": f"Basic {basic}"}) as fake:
         path = job(2)
         port = fake.url.rsplit(":", 1)[1]
-        assert run(path, f"http://labeller:p%40ss%20w0rd%21@127.0.0.1:{port}") == 0
-    assert {r["host"] for r in output(path).values()} == {fake.url}
-    assert summary(path)["hosts"] == [fake.url]
+        assert run_cli(path, f"http://labeller:p%40ss%20w0rd%21@127.0.0.1:{port}") == 0
+    assert {r["host"] for r in output_by_id(path).values()} == {fake.url}
+    assert summary_of(path)["hosts"] == [fake.url]
     assert "w0rd" not in capsys.readouterr().err
 
 
@@ -124,12 +107,12 @@ def test_missing_credentials_stop_the_run_at_once(
 ) -> None:
     with FakeOllama(models=["m"], require_headers={"Authorization": f"Bearer {TOKEN}"}) as fake:
         path = job(50)
-        assert run(path, fake.url, "-c", "4") == 2
+        assert run_cli(path, fake.url, "-c", "4") == 2
         assert fake.refused == 1 and fake.request_count == 0  # not retried row by row
     err = capsys.readouterr().err
     assert f"{fake.url} wants credentials (HTTP 401)" in err
     assert "set OLLAMA_API_KEY" in err and "Traceback" not in err
-    assert summary(path)["rows"]["total"] == 0
+    assert summary_of(path)["rows"]["total"] == 0
 
 
 def test_refused_credentials_say_which_were_sent(
@@ -137,7 +120,7 @@ def test_refused_credentials_say_which_were_sent(
 ) -> None:
     monkeypatch.setenv("OLLAMA_API_KEY", "wrong-token")
     with FakeOllama(models=["m"], require_headers={"Authorization": f"Bearer {TOKEN}"}) as fake:
-        assert run(job(5), fake.url) == 2
+        assert run_cli(job(5), fake.url) == 2
         assert fake.refused == 1
     err = capsys.readouterr().err
     assert f"{fake.url} refused the credentials (HTTP 403)" in err
@@ -149,9 +132,9 @@ def test_a_401_in_the_middle_of_a_run_is_fatal_too(job: Callable[..., Path]) -> 
     with FakeOllama(models=["m"]) as fake:
         fake.add_fault(Fault("unauthorized", match="row 3"))
         path = job(30)
-        assert run(path, fake.url, "-c", "1") == 2
-    assert "HTTP 401" in summary(path)["fatal"]
-    assert len(output(path)) < 30
+        assert run_cli(path, fake.url, "-c", "1") == 2
+    assert "HTTP 401" in summary_of(path)["fatal"]
+    assert len(output_by_id(path)) < 30
 
 
 # ---- TLS ----------------------------------------------------------------------------------------
@@ -182,14 +165,14 @@ def test_https_with_the_ca_bundle_works(
 ) -> None:
     assert tls_server.url.startswith("https://")
     path = job(3)
-    assert run(path, tls_server.url, "--ca-bundle", str(ca_file)) == 0
-    assert summary(path)["rows"]["ok"] == 3
+    assert run_cli(path, tls_server.url, "--ca-bundle", str(ca_file)) == 0
+    assert summary_of(path)["rows"]["ok"] == 3
 
 
 def test_https_without_the_ca_fails_at_once_and_says_what_to_do(
     tls_server: FakeOllama, job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(job(20), tls_server.url) == 2
+    assert run_cli(job(20), tls_server.url) == 2
     err = capsys.readouterr().err
     assert f"the TLS certificate of {tls_server.url} is not trusted" in err
     assert "--ca-bundle" in err and "Traceback" not in err
@@ -203,13 +186,13 @@ def test_the_ca_bundle_also_comes_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BATCH_CA_BUNDLE", str(ca_file))
-    assert run(job(1), tls_server.url) == 0
+    assert run_cli(job(1), tls_server.url) == 0
 
 
 def test_insecure_skips_verification_and_warns(
     tls_server: FakeOllama, job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(job(2), tls_server.url, "--insecure") == 0
+    assert run_cli(job(2), tls_server.url, "--insecure") == 0
     assert "TLS certificate verification is off" in capsys.readouterr().err
 
 
@@ -218,7 +201,7 @@ def test_an_unreadable_ca_bundle_is_a_usage_error(
 ) -> None:
     bogus = tmp_path / "not-a-ca.pem"
     bogus.write_text("hello")
-    assert run(job(1), "https://127.0.0.1:9", "--ca-bundle", str(bogus)) == 2
+    assert run_cli(job(1), "https://127.0.0.1:9", "--ca-bundle", str(bogus)) == 2
     assert "cannot read CA certificates" in capsys.readouterr().err
 
 
@@ -233,9 +216,9 @@ def test_the_documented_production_setup_works(
         monkeypatch.setenv("OLLAMA_API_KEY", TOKEN)
         monkeypatch.setenv("BATCH_HEADERS", json.dumps({proxy.url: {"X-Proxy-Token": "gate-1"}}))
         path = job(4)
-        assert run(path, proxy.url, "--ca-bundle", str(ca_file)) == 0
+        assert run_cli(path, proxy.url, "--ca-bundle", str(ca_file)) == 0
         assert proxy.refused == 0
-    assert summary(path)["rows"]["ok"] == 4
+    assert summary_of(path)["rows"]["ok"] == 4
 
 
 # ---- proxies ------------------------------------------------------------------------------------
@@ -247,7 +230,7 @@ def test_loopback_is_never_sent_through_the_environment_proxy(
     with FakeOllama(models=["m"]) as target, FakeOllama(models=["m"]) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         monkeypatch.setenv("ALL_PROXY", proxy.url)
-        assert run(job(2), target.url) == 0
+        assert run_cli(job(2), target.url) == 0
         assert target.request_count == 2 and proxy.request_count == 0
 
 
@@ -258,15 +241,15 @@ def test_the_environment_proxy_carries_other_hosts(
     with FakeOllama(models=["m"]) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         path = job(2)
-        assert run(path, "http://ollama.batch-test.invalid:11434") == 0
+        assert run_cli(path, "http://ollama.batch-test.invalid:11434") == 0
         assert proxy.request_count == 2
-    assert summary(path)["hosts"] == ["http://ollama.batch-test.invalid:11434"]
+    assert summary_of(path)["hosts"] == ["http://ollama.batch-test.invalid:11434"]
 
 
 def test_an_explicit_proxy_carries_loopback_too(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"]) as proxy:
         target = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-        assert run(job(2), target, "--proxy", proxy.url) == 0
+        assert run_cli(job(2), target, "--proxy", proxy.url) == 0
         assert proxy.request_count == 2
 
 
@@ -277,7 +260,7 @@ def test_a_missing_model_fails_before_any_row_is_sent(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeOllama(models=["m"]) as fake:
-        assert run(job(100), fake.url, model="m-typo") == 2
+        assert run_cli(job(100), fake.url, model="m-typo") == 2
         assert fake.request_count == 0
     assert "model 'm-typo' is not available" in capsys.readouterr().err
 
@@ -286,7 +269,7 @@ def test_the_model_is_kept_loaded_then_handed_back_with_the_server_default(
     job: Callable[..., Path],
 ) -> None:
     with FakeOllama(models=["m"]) as fake:
-        assert run(job(4), fake.url) == 0
+        assert run_cli(job(4), fake.url) == 0
     [last] = fake.loads
     assert [r["keep_alive"] for r in fake.requests] == ["30m"] * 4
     assert fake.load_requests == 1
@@ -295,7 +278,7 @@ def test_the_model_is_kept_loaded_then_handed_back_with_the_server_default(
 
 def test_a_keep_alive_the_user_set_is_sent_and_left_in_place(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"]) as fake:
-        assert run(job(3), fake.url, "--keep-alive", "-1") == 0
+        assert run_cli(job(3), fake.url, "--keep-alive", "-1") == 0
     assert [r["keep_alive"] for r in fake.requests] == [-1.0] * 3
     assert fake.load_requests == 0
 
@@ -303,30 +286,30 @@ def test_a_keep_alive_the_user_set_is_sent_and_left_in_place(job: Callable[..., 
 def test_a_bad_keep_alive_is_a_usage_error(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(job(1), "http://127.0.0.1:9", "--keep-alive", "forever") == 2
+    assert run_cli(job(1), "http://127.0.0.1:9", "--keep-alive", "forever") == 2
     assert "is not a duration" in capsys.readouterr().err
 
 
 def test_think_is_off_by_default_when_a_schema_is_set(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["plain"], thinking_models=["reasoner"]) as fake:
-        assert run(job(2), fake.url, model="reasoner") == 0
-        assert run(job(2), fake.url, "--overwrite", model="plain") == 0
+        assert run_cli(job(2), fake.url, model="reasoner") == 0
+        assert run_cli(job(2), fake.url, "--overwrite", model="plain") == 0
     assert [r["think"] for r in fake.requests if r.get("messages")] == [False] * 4
 
 
 def test_think_can_be_set(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"], thinking_models=["reasoner"]) as fake:
         path = job(2)
-        assert run(path, fake.url, "--think", "low", model="reasoner") == 0
+        assert run_cli(path, fake.url, "--think", "low", model="reasoner") == 0
     assert [r["think"] for r in fake.requests if r.get("messages")] == ["low", "low"]
-    assert all(r["status"] == "ok" for r in output(path).values())
+    assert all(r["status"] == "ok" for r in output_by_id(path).values())
 
 
 def test_think_on_a_model_that_does_not_think_fails_fast(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeOllama(models=["m"]) as fake:
-        assert run(job(10), fake.url, "--think", "on") == 2
+        assert run_cli(job(10), fake.url, "--think", "on") == 2
         assert fake.request_count == 0
     assert "does not think" in capsys.readouterr().err
 
@@ -340,16 +323,16 @@ def test_prompts_that_fill_the_context_are_marked_and_counted(
     long = " ".join(["word"] * 40)
     with FakeOllama(models=["m"], context_length=16) as fake:
         path = job(["short one", long, "another short", long])
-        assert run(path, fake.url, "--max-attempts", "3") == 1
+        assert run_cli(path, fake.url, "--max-attempts", "3") == 1
         sent = fake.request_count
-    rows = output(path)
+    rows = output_by_id(path)
     assert [rows[i]["status"] for i in range(4)] == ["ok", "error", "ok", "error"]
     error = rows[1]["error"]
     assert error["type"] == "prompt_truncated"
     assert (error["prompt_tokens"], error["context_length"]) == (16, 16)
     assert "num_ctx" in error["message"]
     assert rows[1]["attempts"] == 1 and sent == 4  # not re-asked: it would be cut again
-    result = summary(path)
+    result = summary_of(path)
     assert result["prompts_truncated"] == 2
     assert result["errors_by_type"] == {"prompt_truncated": 2}
     assert "2 prompts filled the model's context" in capsys.readouterr().err
@@ -358,8 +341,8 @@ def test_prompts_that_fill_the_context_are_marked_and_counted(
 def test_the_requested_num_ctx_is_the_limit(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"], context_length=4096) as fake:
         path = job(["one two three four five six", "one two"])
-        assert run(path, fake.url, "--option", "num_ctx=4") == 1
-    rows = output(path)
+        assert run_cli(path, fake.url, "--option", "num_ctx=4") == 1
+    rows = output_by_id(path)
     assert rows[0]["error"]["context_length"] == 4 and rows[1]["status"] == "ok"
 
 
@@ -405,11 +388,11 @@ def test_no_secret_appears_in_anything_a_run_writes_or_prints(
         with_password = f"http://u:{PASSWORD}@127.0.0.1:{b.url.rsplit(':', 1)[1]}"
         flags = ["--host", with_password, "--header", f"X-Flag: {FLAG_HEADER}", "-v"]
         path = job(8)
-        assert run(path, a.url, *flags, "--max-attempts", "3") == 1
+        assert run_cli(path, a.url, *flags, "--max-attempts", "3") == 1
         written = [p.read_text() for p in sorted(tmp_path.glob("in.out*"))]
         for server in (a, b):
             server.add_fault(Fault("unauthorized", times=None))
-        assert run(path, a.url, *flags, "--overwrite") == 2
+        assert run_cli(path, a.url, *flags, "--overwrite") == 2
     out, err = capsys.readouterr()
     logged = [f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records]
     written += [p.read_text() for p in sorted(tmp_path.glob("in.out*"))]

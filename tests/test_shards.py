@@ -15,11 +15,7 @@ from batch.errors import ConfigError
 from batch.rows import id_key
 from batch.shards import parse_shard, shard_from_environ, shard_of
 from batch.testing import FakeOllama
-
-
-def write_rows(path: Path, ids: list[Any]) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "prompt": f"row {i}"}) + "\n" for i in ids))
-    return path
+from tests.conftest import write_rows
 
 
 def ids_in(path: Path) -> list[Any]:
