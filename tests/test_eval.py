@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from batch.cli import main
+from batch.quality.fields import evaluate_field
+from batch.quality.load import OutputRow, ReferenceRow
 from tests.eval_rows import gold_rows, native_rows, openai_line, write_jsonl
 
 FIELD_KEYS = {
@@ -234,3 +236,31 @@ def test_booleans_are_categorical_and_never_equal_to_numbers(tmp_path: Path) -> 
     spam = json.loads(report_path.read_text())["fields"]["spam"]
     assert (spam["kind"], spam["categorical"], spam["correct"]) == ("bool", True, 3)
     assert spam["confusion"]["reference"] == ["false", "true"]
+
+
+def pairs(gold: list[Any], answers: list[Any]) -> list[tuple[ReferenceRow, OutputRow]]:
+    return [
+        (ReferenceRow(str(i), {"f": g}, None), OutputRow(str(i), True, {"f": a}, {}))
+        for i, (g, a) in enumerate(zip(gold, answers, strict=True))
+    ]
+
+
+def test_which_fields_count_as_categorical() -> None:
+    # Few distinct strings or integers over reference and output together: categorical.
+    assert evaluate_field("f", pairs(["a", "b", "a"], ["a", "a", "b"])).categorical
+    assert evaluate_field("f", pairs([1, 2, 1, 2], [1, 1, 2, 3])).categorical
+    # More distinct values than rows compared (free text), or more than 20, or floats: not.
+    assert not evaluate_field("f", pairs(["a", "b"], ["c", "b"])).categorical
+    assert not evaluate_field("f", pairs([i % 21 for i in range(42)], [0] * 42)).categorical
+    assert evaluate_field("f", pairs([i % 20 for i in range(40)], [0] * 40)).categorical
+    assert not evaluate_field("f", pairs([0.5, 0.5, 1.0], [0.5, 1.0, 1.0])).categorical
+
+
+def test_kappa_is_undefined_when_both_sides_use_one_value(tmp_path: Path) -> None:
+    report = evaluate_field("f", pairs(["a", "a", "a"], ["a", "a", "a"]))
+    assert (report.accuracy, report.kappa, report.macro_f1) == (1.0, None, 1.0)
+    write_jsonl(tmp_path / "gold.jsonl", [{"id": i, "f": "a"} for i in range(3)])
+    outputs = [{"id": i, "status": "ok", "output": {"f": "a"}} for i in range(3)]
+    output = write_jsonl(tmp_path / "out.jsonl", outputs)
+    argv = ["eval", str(output), "--gold", str(tmp_path / "gold.jsonl"), "--min", "f.kappa=0"]
+    assert main(argv) == 1  # an undefined figure never holds a gate
