@@ -91,7 +91,7 @@ def test_the_browser_shows_figures_heat_maps_bars_gates_and_examples(tmp_path: P
     assert re.search(r"label\.accuracy\s+0\.500\s+≥ 0\.5\s+holds", text)
     assert re.search(r"label\.kappa\s+0\.280\s+≥ 0\.5\s+FAILED", text)
     assert "accuracy 50.0% (3/6)" in text and "kappa 0.280" in text and "MAE 1.400" in text
-    assert "bird → fish: 1 rows" in text and "r5: a text about r5" in text
+    assert "bird → fish: 1 row" in text and "r5: a text about r5" in text
     assert "0.95\N{EN DASH}1\t1\t100.0%" in text  # accuracy by confidence band
     # The label heat map, row by row (bird, cat, dog, fish x bird, cat, dog, fish, failed):
     # empty cells grey, the diagonal green and the rest red, by the share of the row.

@@ -62,3 +62,11 @@ def test_eval_reads_the_openai_output_of_a_run(server: FakeOllama, tmp_path: Pat
     assert label["kappa"] == pytest.approx((8 / 16 - 4 / 16) / (1 - 4 / 16))
     assert label["confusion"]["counts"] == [[0, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0]]
     assert main([*evaluate, "--min", "label.kappa=0.34"]) == 1
+
+
+def test_the_sample_is_its_own_gold_file_and_fits_its_schema() -> None:
+    jobs = Path(__file__).parent.parent / "jobs"
+    rows = [json.loads(line) for line in (jobs / "topics.jsonl").read_text().splitlines()]
+    enum = json.loads((jobs / "topic.schema.json").read_text())["properties"]["topic"]["enum"]
+    assert len({row["id"] for row in rows}) == len(rows) == 24
+    assert sorted(row["topic"] for row in rows) == sorted(enum * 8)

@@ -22,7 +22,9 @@ def add_eval(commands: Any) -> None:
         "match and MAE. Strings are compared trimmed and case-folded. Exit 0: every gate "
         "holds; 1: a gate fails; 2: usage or unreadable files.",
     )
-    parser.add_argument("output", type=Path, help="the run's output JSONL (native or OpenAI)")
+    parser.add_argument(
+        "output", type=Path, metavar="OUTPUT", help="the run's output JSONL (native or OpenAI)"
+    )
     reference = parser.add_mutually_exclusive_group(required=True)
     reference.add_argument(
         "--gold", type=Path, help="JSONL of expected values: top-level fields or `expected`"

@@ -13,7 +13,7 @@ from batch.quality.text import figure, percent
 PAIRS_SHOWN = 8
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d232b;background:#fff}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px}h3{font-size:15px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:4px 0 6px}h3{font-size:15px}
 .muted{color:#5b6572}.card{border:1px solid #d6dbe1;border-radius:8px;padding:12px 16px;
 margin:12px 0}.figures span{display:inline-block;margin-right:18px}.figures b{font-size:18px}
 table{border-collapse:collapse;margin:6px 0}td,th{padding:4px 8px;text-align:right}
@@ -194,6 +194,6 @@ def _pairs(field: FieldReport) -> str:
         )
         items.append(
             f"<li><b>{escape(pair['reference'])} &rarr; {escape(pair['output'])}</b>: "
-            f"{pair['count']} rows{examples}</li>"
+            f"{pair['count']} {'row' if pair['count'] == 1 else 'rows'}{examples}</li>"
         )
     return f"<h3>Worst-confused pairs</h3><ol class=pairs>{''.join(items)}</ol>"
