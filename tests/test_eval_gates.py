@@ -138,3 +138,31 @@ def test_against_reports_agreement_kappa_and_the_rows_that_differ(
     assert "label (string, categorical): 2/4 = 50.0% agreement" in out
     assert "failed in the reference run, left out: e" in out
     assert main([*argv, "--min", "label=0.6"]) == 1
+
+
+def test_against_an_openai_batch_output_written_elsewhere(tmp_path: Path) -> None:
+    def line(key: str, content: str | None) -> dict[str, Any]:
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        ok = content is not None
+        return {
+            "id": f"batch_req_{key}",
+            "custom_id": key,
+            "response": {"status_code": 200, "body": body} if ok else None,
+            "error": None if ok else {"code": "server_error", "message": "boom"},
+        }
+
+    other = [line("a", '{"label": "cat"}'), line("b", '{"label": "dog"}'), line("c", None)]
+    mine = [ok("a", "cat"), ok("b", "cat"), ok("c", "cat")]
+    other_path = write_jsonl(tmp_path / "openai.jsonl", other)
+    mine_path = write_jsonl(tmp_path / "mine.jsonl", mine)
+    report_path = tmp_path / "r.json"
+    argv = ["eval", str(mine_path), "--against", str(other_path), "--report", str(report_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["coverage"]["reference_failed_ids"] == ["c"]
+    assert report["fields"]["label"]["accuracy"] == 0.5
+    text_line = line("a", "plain words")
+    write_jsonl(other_path, [text_line])
+    write_jsonl(mine_path, [{"id": "a", "status": "ok", "output": "Plain words "}])
+    assert main(argv) == 0
+    assert json.loads(report_path.read_text())["fields"]["output"]["accuracy"] == 1.0

@@ -3,10 +3,11 @@ their rows by id.
 
 Ids are matched as text: OpenAI's `custom_id` is always a string, so a gold row `{"id": 7}`
 must meet the output line `{"custom_id": "7"}`. A row without an id is its line number (from 1),
-as in a run. Gold values are the row's `expected` object when it has one, else its top-level
-fields (so an input file that carries its labels is its own gold file). A text-mode output (a
-string, no schema) is the field `output`, compared with the gold `output`. Nested objects are
-flattened to dotted paths (`address.city`).
+as in a run. OpenAI Batch output lines written elsewhere (no native record under `batch`) are
+read from the reply's content. Gold values are the row's `expected` object when it has one,
+else its top-level fields (so an input file that carries its labels is its own gold file). A
+text-mode output (a string, no schema) is the field `output`, compared with the gold `output`.
+Nested objects are flattened to dotted paths (`address.city`).
 """
 
 from __future__ import annotations
@@ -99,11 +100,34 @@ def load_outputs(path: Path) -> dict[str, OutputRow]:
     rows: dict[str, OutputRow] = {}
     for line, record in read_jsonl(path):
         native, _ = native_view(record)
+        if "status" not in native and "custom_id" in record and "response" in record:
+            native = _foreign_openai(record)
         if "status" not in native:
             raise EvalInputError(f"{path}:{line}: not an output row of batch (no 'status')")
         key = row_id(native, line)
         rows[key] = _output_row(key, native)
     return rows
+
+
+def _foreign_openai(record: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI Batch output line from elsewhere (OpenAI, vLLM): no native record inside, so
+    the output is the reply's content, parsed when it is a JSON object."""
+    failed = {"id": record["custom_id"], "status": "error", "error": {"type": "openai"}}
+    response = record.get("response")
+    if record.get("error") or not isinstance(response, dict):
+        return failed
+    try:
+        content = response["body"]["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return failed
+    if response.get("status_code") != 200 or not isinstance(content, str):
+        return failed
+    try:
+        parsed = json.loads(content)
+    except json.JSONDecodeError:
+        parsed = None
+    output = parsed if isinstance(parsed, dict) else content
+    return {"id": record["custom_id"], "status": "ok", "output": output}
 
 
 def _output_row(key: str, native: dict[str, Any]) -> OutputRow:
