@@ -166,3 +166,20 @@ def test_against_an_openai_batch_output_written_elsewhere(tmp_path: Path) -> Non
     write_jsonl(mine_path, [{"id": "a", "status": "ok", "output": "Plain words "}])
     assert main(argv) == 0
     assert json.loads(report_path.read_text())["fields"]["output"]["accuracy"] == 1.0
+
+
+def test_a_run_where_every_row_failed_scores_zero_on_the_fields_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"id": i, "label": "cat"} for i in range(60)])
+    failed = {"status": "error", "error": {"type": "timeout", "message": "slow"}}
+    output = write_jsonl(tmp_path / "out.jsonl", [{"id": i, **failed} for i in range(60)])
+    argv = ["eval", str(output), "--gold", str(gold)]
+    assert main(argv) == 2  # nothing says which fields the run was asked for
+    assert "name the fields to score with --field" in capsys.readouterr().err
+    page = tmp_path / "r.html"
+    assert main([*argv, "--field", "label", "--min-accuracy", "0.1", "--html", str(page)]) == 1
+    assert "label (string, categorical): 0/60 = 0.0% accuracy" in capsys.readouterr().out
+    assert "Failed: 0, 1, 2," in page.read_text()
+    assert "57, 58, 59" not in page.read_text()
+    assert "and 10 more (all in --report)" in page.read_text()

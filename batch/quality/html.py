@@ -62,22 +62,27 @@ def _coverage(report: Report) -> str:
         )
         if ids
     ]
-    listed = "".join(f"<p class=ex>{what}: {escape(', '.join(ids))}</p>" for what, ids in lists)
+    listed = "".join(f"<p class=ex>{what}: {escape(_some(ids))}</p>" for what, ids in lists)
     return f"<div class=card id=coverage><b>Rows</b>: {escape('; '.join(items))}{listed}</div>"
+
+
+def _some(ids: list[str], limit: int = 50) -> str:
+    more = f" and {len(ids) - limit} more (all in --report)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
 
 
 def _gates(report: Report) -> str:
     if not report.gates:
         return "<div class=card id=gates><b>Gates</b>: none given</div>"
-    verdict = "<span class=ok>all hold</span>" if report.passed else "<span class=fail>failed"
+    verdict = (
+        "<span class=ok>all hold</span>" if report.passed else "<span class=fail>failed</span>"
+    )
     rows = "".join(
         f"<tr><td class=l>{escape(r.gate.name)}</td><td>{figure(r.value)}</td>"
         f"<td>&ge; {r.gate.minimum:g}</td><td class={'ok' if r.passed else 'fail'}>"
         f"{'holds' if r.passed else 'FAILED'}</td></tr>"
         for r in report.gates
     )
-    if not report.passed:
-        verdict += "</span>"
     return (
         f"<div class=card id=gates><b>Gates</b>: {verdict}<table><tr><th class=l>gate</th>"
         f"<th>value</th><th>minimum</th><th></th></tr>{rows}</table></div>"

@@ -155,11 +155,7 @@ def evaluate(
     matched.reference_failed = [key for key in reference_failed if key in outputs]
     names = fields or _common_fields(matched)
     if not names:
-        raise EvalInputError(
-            f"no field to compare: no field is named in both {output} and {reference}"
-            if matched.pairs
-            else f"no row of {output} has an id in {reference}"
-        )
+        raise EvalInputError(_nothing_to_compare(matched, output, reference))
     reports = {name: evaluate_field(name, matched.pairs) for name in names}
     unknown = [name for name, report in reports.items() if report.compared == 0]
     if unknown:
@@ -173,6 +169,14 @@ def evaluate(
         matched=matched,
         fields=reports,
     )
+
+
+def _nothing_to_compare(matched: Matched, output: Path, reference: Path) -> str:
+    if not matched.pairs:
+        return f"no row of {output} has an id in {reference}"
+    if not any(out.ok for _, out in matched.pairs):
+        return f"every matched row of {output} failed: name the fields to score with --field"
+    return f"no field to compare: no field is named in both {output} and {reference}"
 
 
 def _common_fields(matched: Matched) -> list[str]:
