@@ -194,7 +194,8 @@ def _pairs(field: FieldReport) -> str:
     items = []
     for pair in pairs:
         examples = "".join(
-            f"<div class=ex>{escape(e['id'])}: {escape(e['context'] or '')}</div>"
+            f"<div class=ex>{escape(e['id'])}"
+            f"{': ' + escape(e['context']) if e['context'] else ''}</div>"
             for e in pair["examples"]
         )
         items.append(
