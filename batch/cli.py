@@ -14,6 +14,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from batch.quality.cli import add_eval, run_eval
+
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_FATAL = 0, 1, 2
 EXIT_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     for adder in (_files, _model, _hosts, _retries, _access, _shards, _display):
         adder(run)
     _add_merge(commands)
+    add_eval(commands)
     return parser
 
 
@@ -222,6 +225,8 @@ def _add(parser: argparse._ActionsContainer, *names: str, **kwargs: Any) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "merge":
         _configure_logging(args.verbose, quiet=False)
         return _merge(args)

@@ -1,0 +1,195 @@
+"""Reading an output file and its reference (a gold file, or another run's output), and matching
+their rows by id.
+
+Ids are matched as text: OpenAI's `custom_id` is always a string, so a gold row `{"id": 7}`
+must meet the output line `{"custom_id": "7"}`. A row without an id is its line number (from 1),
+as in a run. OpenAI Batch output lines written elsewhere (no native record under `batch`) are
+read from the reply's content. Gold values are the row's `expected` object when it has one,
+else its top-level fields (so an input file that carries its labels is its own gold file). A
+text-mode output (a string, no schema) is the field `output`, compared with the gold `output`.
+Nested objects are flattened to dotted paths (`address.city`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.records import native_view
+
+ID_FIELDS = ("id", "custom_id")
+TEXT_OUTPUT = "output"
+# Gold fields that are never labels: the row's id, its wrapper, and what a run reads as input.
+NOT_LABELS = frozenset(
+    {*ID_FIELDS, "expected", "prompt", "messages", "model", "system", "options", "images"}
+)
+
+
+class EvalInputError(Exception):
+    """A file that cannot be read or makes no sense as an output or a gold file (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRow:
+    id: str
+    ok: bool
+    values: dict[str, Any]  # flattened output fields; empty for a failed row
+    confidence: dict[str, float]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRow:
+    id: str
+    values: dict[str, Any]
+    context: str | None  # a snippet of the row's input text, to show beside its errors
+
+
+@dataclass(slots=True)
+class Matched:
+    """Reference rows paired with their output rows, and what did not pair."""
+
+    pairs: list[tuple[ReferenceRow, OutputRow]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # reference ids with no output row
+    extra: list[str] = field(default_factory=list)  # output ids with no reference row
+    reference_failed: list[str] = field(default_factory=list)  # --against: failed in OTHER
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not an object is an error."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalInputError(f"cannot read {path}: {exc}") from exc
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise EvalInputError(f"{path}:{number}: not a JSON object")
+        rows.append((number, record))
+    return rows
+
+
+def row_id(record: dict[str, Any], line: int) -> str:
+    for name in ID_FIELDS:
+        value = record.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    return str(line)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_outputs(path: Path) -> dict[str, OutputRow]:
+    """The rows of a run's output, native or OpenAI format; a later line for an id wins."""
+    rows: dict[str, OutputRow] = {}
+    for line, record in read_jsonl(path):
+        native, _ = native_view(record)
+        if "status" not in native and "custom_id" in record and "response" in record:
+            native = _foreign_openai(record)
+        if "status" not in native:
+            raise EvalInputError(f"{path}:{line}: not an output row of batch (no 'status')")
+        key = row_id(native, line)
+        rows[key] = _output_row(key, native)
+    return rows
+
+
+def _foreign_openai(record: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI Batch output line from elsewhere (OpenAI, vLLM): no native record inside, so
+    the output is the reply's content, parsed when it is a JSON object."""
+    failed = {"id": record["custom_id"], "status": "error", "error": {"type": "openai"}}
+    response = record.get("response")
+    if record.get("error") or not isinstance(response, dict):
+        return failed
+    try:
+        content = response["body"]["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return failed
+    if response.get("status_code") != 200 or not isinstance(content, str):
+        return failed
+    try:
+        parsed = json.loads(content)
+    except json.JSONDecodeError:
+        parsed = None
+    output = parsed if isinstance(parsed, dict) else content
+    return {"id": record["custom_id"], "status": "ok", "output": output}
+
+
+def _output_row(key: str, native: dict[str, Any]) -> OutputRow:
+    raw_confidence = native.get("confidence")
+    confidence = {
+        name: float(p)
+        for name, p in (raw_confidence.items() if isinstance(raw_confidence, dict) else [])
+        if isinstance(p, int | float) and not isinstance(p, bool)
+    }
+    if native.get("status") != "ok":
+        error = native.get("error")
+        kind = error.get("type") if isinstance(error, dict) else None
+        return OutputRow(key, False, {}, confidence, str(kind or "error"))
+    output = native.get("output")
+    values = flatten(output) if isinstance(output, dict) else {TEXT_OUTPUT: output}
+    return OutputRow(key, True, values, confidence)
+
+
+def load_gold(path: Path) -> dict[str, ReferenceRow]:
+    rows: dict[str, ReferenceRow] = {}
+    for line, record in read_jsonl(path):
+        key = row_id(record, line)
+        if key in rows:
+            raise EvalInputError(f"{path}:{line}: id {key!r} appears twice in the gold file")
+        expected = record.get("expected")
+        if isinstance(expected, dict):
+            values = flatten(expected)
+        elif expected is not None:
+            values = {TEXT_OUTPUT: expected}
+        else:
+            values = flatten({k: v for k, v in record.items() if k not in NOT_LABELS})
+        rows[key] = ReferenceRow(key, values, _context(record))
+    return rows
+
+
+def _context(record: dict[str, Any]) -> str | None:
+    for name in ("text", "prompt", "input", "content"):
+        value = record.get(name)
+        if isinstance(value, str):
+            return value if len(value) <= 160 else value[:157] + "..."
+    return None
+
+
+def match(reference: dict[str, ReferenceRow], outputs: dict[str, OutputRow]) -> Matched:
+    matched = Matched()
+    for key, gold in reference.items():
+        out = outputs.get(key)
+        if out is None:
+            matched.missing.append(key)
+        else:
+            matched.pairs.append((gold, out))
+    matched.extra = [key for key in outputs if key not in reference]
+    return matched
+
+
+def load_against(path: Path) -> tuple[dict[str, ReferenceRow], list[str]]:
+    """Another run's ok rows as the reference, and the ids that failed in it (left out)."""
+    reference: dict[str, ReferenceRow] = {}
+    failed = []
+    for key, row in load_outputs(path).items():
+        if row.ok:
+            reference[key] = ReferenceRow(key, row.values, None)
+        else:
+            failed.append(key)
+    return reference, failed
