@@ -21,7 +21,7 @@ ARCH = "fakearch"
 
 LOAD_NS = 1_000  # the model is always loaded already
 _DECODER = json.JSONDecoder()
-_GO_WHITESPACE = " \t\r\n"
+GO_WHITESPACE = " \t\r\n"
 
 
 def dumps(value: Any) -> bytes:
@@ -93,7 +93,7 @@ def canned_response(kind: str) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
 
-def _go_type(value: Any) -> str:
+def go_type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -125,7 +125,7 @@ def parse_body(raw: bytes, struct: str) -> dict[str, Any] | str:
 
     Like Go's `json.Decoder.Decode`, only the first value counts and trailing bytes are ignored.
     """
-    text = raw.decode("utf-8", "replace").lstrip(_GO_WHITESPACE)
+    text = raw.decode("utf-8", "replace").lstrip(GO_WHITESPACE)
     if not text:
         return "missing request body"
     try:
@@ -138,13 +138,13 @@ def parse_body(raw: bytes, struct: str) -> dict[str, Any] | str:
     if value is None:
         return {}  # Go decodes `null` into a zero struct
     if not isinstance(value, dict):
-        return f"json: cannot unmarshal {_go_type(value)} into Go value of type api.{struct}"
+        return f"json: cannot unmarshal {go_type_name(value)} into Go value of type api.{struct}"
     return value
 
 
 def _field_error(struct: str, field: str, value: Any, go_type: str) -> str:
     return (
-        f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+        f"json: cannot unmarshal {go_type_name(value)} into Go struct field "
         f"{struct}.{field} of type {go_type}"
     )
 

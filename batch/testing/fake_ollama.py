@@ -43,7 +43,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -51,10 +51,19 @@ from typing import Any, Literal, get_args
 import anyio
 from aiohttp import web
 
-from batch.testing import _wire, openai_compat
+from batch.testing import _wire
 from batch.testing.schema_instance import WORDS, SchemaError, compile_schema, schema_key
 
-__all__ = ["FAULT_KINDS", "FakeOllama", "Fault", "FaultKind", "count_tokens"]
+__all__ = [
+    "FAULT_KINDS",
+    "FakeOllama",
+    "Fault",
+    "FaultKind",
+    "Handler",
+    "Reply",
+    "count_tokens",
+    "drop_connection",
+]
 
 FaultKind = Literal[
     "busy",
@@ -79,6 +88,7 @@ FaultKind = Literal[
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 Responder = Callable[[dict[str, Any]], str]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -95,6 +105,26 @@ def count_tokens(text: str) -> int:
     """The fake's token count: whitespace-separated words, at least 1 for non-empty text."""
     words = len(text.split())
     return words if words or not text else 1
+
+
+@dataclass
+class Reply:
+    """One generated answer, before a route renders it (`/api/chat` here, `/v1` in scripts/).
+
+    `prompt_eval_count`/`eval_count` are 0 where Ollama leaves them out (the `no_counts`
+    fault); `fault` is the fault that shaped it, for the faults a route renders itself
+    (`stream_error`, `stream_cut`, `bad_body`)."""
+
+    model: str
+    content: str
+    done_reason: str
+    prompt_eval_count: int
+    eval_count: int
+    thinking: str
+    fault: str | None
+    arrived_ns: int
+    started_ns: int
+    finished_ns: int
 
 
 class _Rule:
@@ -171,7 +201,6 @@ class FakeOllama:
             ("POST", "/api/show"): self._show,
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/generate"): self._generate,
-            **openai_compat.routes(self),  # Ollama's OpenAI-compatible /v1 routes
         }
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -191,6 +220,16 @@ class FakeOllama:
             raise ValueError("Fault.times must be at least 1, or None for forever")
         with self._lock:
             self._rules.append(_Rule(fault))
+
+    def add_routes(self, routes: Mapping[tuple[str, str], Handler]) -> None:
+        """More routes, keyed by (method, path): e.g. the OpenAI-compatible `/v1` routes the
+        benchmarks mount (scripts/fake_openai.py). Call before `start()`."""
+        self._routes.update(routes)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models served, as full names (`name:tag`)."""
+        return self._catalog.names
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -358,13 +397,29 @@ class FakeOllama:
 
     async def _counted(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
         arrived = time.monotonic_ns()
-        with self._tracked():
+        with self.in_flight():
             return await self._completion(request, chat, arrived)
 
+    # ---- what every generating route uses (`/api/*` here, `/v1/*` in scripts/) ---------------
+
+    def count_arrival(self, *, load_only: bool = False) -> None:
+        """Counts a request in `request_count` (or `load_requests`) and wakes
+        `wait_for_requests`."""
+        with self._arrivals:
+            if load_only:
+                self.load_requests += 1
+            else:
+                self.request_count += 1
+            self._arrivals.notify_all()
+
+    def record(self, body: dict[str, Any], *, load_only: bool = False) -> None:
+        """Keeps a request body in `requests` (or `loads`), unless `record_requests` is off."""
+        if self.record_requests:
+            (self.loads if load_only else self.requests).append(body)
+
     @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        """A generation request in flight: counted in `max_in_flight`, cancelled by `stop()`.
-        Used by every route that generates (`/api/*` here, `/v1/*` in openai_compat)."""
+    def in_flight(self) -> Iterator[None]:
+        """A generation request in flight: counted in `max_in_flight`, cancelled by `stop()`."""
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         task = asyncio.current_task()
@@ -376,6 +431,72 @@ class FakeOllama:
             self._in_flight -= 1
             if task is not None:
                 self._handlers.discard(task)
+
+    async def reply(
+        self,
+        request: web.BaseRequest,
+        body: dict[str, Any],
+        *,
+        chat: bool = True,
+        stream: bool = False,
+        arrived_ns: int | None = None,
+    ) -> Reply | web.StreamResponse:
+        """The answer to an `/api/chat` (or, `chat=False`, `/api/generate`) request body: takes
+        a fault, checks the model, plans the content, holds a slot for `latency` and counts the
+        tokens. Anything but a `Reply` is the response to send as it is, in `/api/chat`'s shape
+        (an error, or a dropped connection)."""
+        arrived = time.monotonic_ns() if arrived_ns is None else arrived_ns
+        text, whole = _prompt_text(body, chat)
+        fault = self._take_fault(text)
+        if fault in _wire.CANNED:
+            return _wire.canned_response(fault)
+        if fault == "drop":
+            return await drop_connection(request)
+        if fault == "hang":
+            await asyncio.sleep(self.hang_seconds)
+            return await drop_connection(request)
+        model = body.get("model") or ""
+        checked = self._checked_model(model, body, fault)
+        if isinstance(checked, web.Response):
+            return checked
+        planned = self._content(body, text, fault, stream)
+        if isinstance(planned, web.Response):
+            return planned
+        content, done_reason = planned
+        started, finished = await self._hold_slot()
+        if fault == "stream_error" and not stream:
+            return _wire.error_response(500, _wire.STREAM_ERROR)
+        num_ctx = (body.get("options") or {}).get("num_ctx")
+        if not isinstance(num_ctx, int) or num_ctx <= 0:
+            num_ctx = self.context_length
+        thinking = _wire.thinking(text) if checked and not stream else ""
+        counts = fault != "no_counts"
+        return Reply(
+            model=model,
+            content=content,
+            done_reason=done_reason,
+            prompt_eval_count=min(count_tokens(whole), num_ctx) if counts else 0,
+            eval_count=count_tokens(content) + count_tokens(thinking) if counts else 0,
+            thinking=thinking,
+            fault=fault,
+            arrived_ns=arrived,
+            started_ns=started,
+            finished_ns=finished,
+        )
+
+    def _checked_model(
+        self, model: str, body: dict[str, Any], fault: str | None
+    ) -> bool | web.Response:
+        """Loads the model; True if it thinks on this request; or the error response."""
+        if not model:
+            return _wire.error_response(400, "model is required")
+        name = _wire.full_name(model)
+        if fault == "unknown_model" or name not in self._catalog.names:
+            return _wire.error_response(404, f"model '{model}' not found")
+        if body.get("think") not in (None, False) and name not in self._catalog.thinking:
+            return _wire.error_response(400, f'"{model}" does not support thinking')
+        self._catalog.loaded.add(name)
+        return name in self._catalog.thinking and body.get("think") is not False
 
     async def _hold_slot(self) -> tuple[int, int]:
         """Holds a generation slot for `latency`; returns when it was taken and let go (ns)."""
@@ -391,19 +512,6 @@ class FakeOllama:
                 self._generating -= 1
             return started, time.monotonic_ns()
 
-    # ---- chat and generate --------------------------------------------------------------------
-
-    def _arrived(self, body: dict[str, Any] | str, chat: bool) -> bool:
-        """Counts the request; True for a load-only one."""
-        load_only = isinstance(body, dict) and not body.get("messages" if chat else "prompt")
-        with self._arrivals:
-            if load_only:
-                self.load_requests += 1
-            else:
-                self.request_count += 1
-            self._arrivals.notify_all()
-        return load_only
-
     def _take_fault(self, text: str) -> str | None:
         if not self._rules:  # the common case in benchmarks: skip the lock
             return None
@@ -417,90 +525,56 @@ class FakeOllama:
                     return rule.kind
         return None
 
+    # ---- chat and generate --------------------------------------------------------------------
+
     async def _completion(
         self, request: web.BaseRequest, chat: bool, arrived: int
     ) -> web.StreamResponse:
         struct = "ChatRequest" if chat else "GenerateRequest"
         body = _wire.parse_body(await request.read(), struct)
-        load_only = self._arrived(body, chat)
+        load_only = isinstance(body, dict) and not body.get("messages" if chat else "prompt")
+        self.count_arrival(load_only=load_only)
         if isinstance(body, str):
             return _wire.error_response(400, body)
-        if self.record_requests:
-            (self.loads if load_only else self.requests).append(body)
+        self.record(body, load_only=load_only)
         problem = _wire.check_fields(body, struct)
         if problem is not None:
             return _wire.error_response(400, problem)
-
-        if chat:
-            messages: list[dict[str, Any]] = body.get("messages") or []
-            users = [m for m in messages if m.get("role") == "user"]
-            text = (users[-1].get("content") or "") if users else ""
-            whole = " ".join(m.get("content") or "" for m in messages)
-        else:
-            text = body.get("prompt") or ""
-            system = body.get("system") or ""
-            whole = f"{system} {text}" if system else text
-
-        load_only = not (body.get("messages") if chat else text)
-        fault = None if load_only else self._take_fault(text)
-        if fault in _wire.CANNED:
-            return _wire.canned_response(fault)
-        if fault == "drop":
-            return await _drop(request)
-        if fault == "hang":
-            await asyncio.sleep(self.hang_seconds)
-            return await _drop(request)
-
-        model = body.get("model") or ""
-        if not model:
-            return _wire.error_response(400, "model is required")
-        name = _wire.full_name(model)
-        if fault == "unknown_model" or name not in self._catalog.names:
-            return _wire.error_response(404, f"model '{model}' not found")
-        thinks = name in self._catalog.thinking and body.get("think") is not False
-        if body.get("think") not in (None, False) and name not in self._catalog.thinking:
-            return _wire.error_response(400, f'"{model}" does not support thinking')
-        self._catalog.loaded.add(name)
         stream = body.get("stream") is not False  # true when omitted, as in Ollama
-
         if load_only:
-            # Nothing to generate: Ollama just loads the model and says so.
-            payload = _wire.envelope(model, chat, "")
-            payload["done_reason"] = "load"
-            return _wire.json_response(200, payload)
-
-        planned = self._content(body, text, fault, stream)
-        if isinstance(planned, web.Response):
-            return planned
-        content, done_reason = planned
-
-        started, generated = await self._hold_slot()
-
-        if fault == "stream_error" and not stream:
-            return _wire.error_response(500, _wire.STREAM_ERROR)
-        num_ctx = (body.get("options") or {}).get("num_ctx")
-        if not isinstance(num_ctx, int) or num_ctx <= 0:
-            num_ctx = self.context_length
-        final = _wire.envelope(model, chat, "" if stream else content)
-        final["done_reason"] = done_reason
-        thinking = _wire.thinking(text) if thinks and not stream else ""
-        if thinking:  # thinking models think unless told `think: false`, as in Ollama
-            (final["message"] if chat else final)["thinking"] = thinking
+            return self._load(body, chat)
+        reply = await self.reply(request, body, chat=chat, stream=stream, arrived_ns=arrived)
+        if not isinstance(reply, Reply):
+            return reply
+        final = _wire.envelope(reply.model, chat, "" if stream else reply.content)
+        final["done_reason"] = reply.done_reason
+        if reply.thinking:  # thinking models think unless told `think: false`, as in Ollama
+            (final["message"] if chat else final)["thinking"] = reply.thinking
         final.update(
             _wire.metrics(
-                generated - arrived,
-                generated - started,
-                min(count_tokens(whole), num_ctx),
-                count_tokens(content) + count_tokens(thinking),
-                counts=fault != "no_counts",
+                reply.finished_ns - reply.arrived_ns,
+                reply.finished_ns - reply.started_ns,
+                reply.prompt_eval_count,
+                reply.eval_count,
+                counts=reply.fault != "no_counts",
             )
         )
         if not stream:
-            if fault == "bad_body":
+            if reply.fault == "bad_body":
                 headers = {"Content-Type": _wire.JSON_TYPE}
                 return web.Response(body=_wire.partial(final), headers=headers)
             return _wire.json_response(200, final)
-        return await _stream(request, model, chat, content, final, fault)
+        return await _stream(request, reply.model, chat, reply.content, final, reply.fault)
+
+    def _load(self, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        """Nothing to generate: Ollama just loads the model and says so. No fault applies."""
+        model = body.get("model") or ""
+        checked = self._checked_model(model, body, None)
+        if isinstance(checked, web.Response):
+            return checked
+        payload = _wire.envelope(model, chat, "")
+        payload["done_reason"] = "load"
+        return _wire.json_response(200, payload)
 
     def _content(
         self, body: dict[str, Any], text: str, fault: str | None, stream: bool
@@ -571,7 +645,19 @@ async def _stream(
     return response
 
 
-async def _drop(request: web.BaseRequest) -> web.StreamResponse:
+def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str]:
+    """The prompt text (faults match in it, choices are seeded by it) and the whole prompt."""
+    if chat:
+        messages: list[dict[str, Any]] = body.get("messages") or []
+        users = [m for m in messages if m.get("role") == "user"]
+        text = (users[-1].get("content") or "") if users else ""
+        return text, " ".join(m.get("content") or "" for m in messages)
+    text = body.get("prompt") or ""
+    system = body.get("system") or ""
+    return text, f"{system} {text}" if system else text
+
+
+async def drop_connection(request: web.BaseRequest) -> web.StreamResponse:
     """Close the TCP connection without a response; the client sees a disconnect."""
     transport = request.transport
     if transport is not None:
