@@ -51,11 +51,14 @@ from typing import Any, Literal, get_args
 import anyio
 from aiohttp import web
 
-from batch.testing import _wire
+from batch.testing import _behaviour, _wire
+from batch.testing._behaviour import CURRENT_VERSION, GO_RUNNER_VERSION, ServerVersion
 from batch.testing.schema_instance import WORDS, SchemaError, compile_schema, schema_key
 
 __all__ = [
+    "CURRENT_VERSION",
     "FAULT_KINDS",
+    "GO_RUNNER_VERSION",
     "FakeOllama",
     "Fault",
     "FaultKind",
@@ -84,9 +87,12 @@ FaultKind = Literal[
     "unknown_model",
     "unauthorized",
     "forbidden",
+    "repetition",
+    "signin",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
+SIGNIN_URL = "https://ollama.com/connect?name=fake&key=fake"
 Responder = Callable[[dict[str, Any]], str]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -153,6 +159,11 @@ class FakeOllama:
         require_headers: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         thinking_models: Sequence[str] = (),
+        version: str = CURRENT_VERSION,
+        context_shift: bool = True,
+        vision_models: Sequence[str] = (),
+        model_info: bool = True,
+        check_host_header: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -179,7 +190,28 @@ class FakeOllama:
         self.max_generating = 0
         """Highest number of requests holding a generation slot at one instant (<= slots)."""
         self._port = port
-        self._catalog = _wire.Catalog(models, context_length, thinking_models)
+        self._catalog = _wire.Catalog(
+            models, context_length, thinking_models, vision_models, model_info=model_info
+        )
+        # How this Ollama behaves (see _behaviour.py): its version decides truncation.
+        self.version = version
+        self._server = ServerVersion(version)
+        self.context_shift = context_shift
+        """False: a model run without context shift, which refuses a prompt it would cut."""
+        self.check_host_header = check_host_header
+        """True: a loopback Ollama's Host check; a foreign `Host` gets 403 with no body."""
+        self.keep_alive: dict[str, Any] = {}
+        """The keep-alive each loaded model was last given (the server default on loading)."""
+        self.keep_alive_changes = 0
+        """Requests that set a loaded model's keep-alive."""
+        self.reloads = 0
+        """Loads of a model already loaded, because a request changed its runner options."""
+        self.dropped_options: list[str] = []
+        """Option names the server did not know and dropped, as Ollama does with a warning."""
+        self.messages_read: list[list[dict[str, Any]]] = []
+        """Per chat request that reached the model: the messages it read, after the server
+        dropped what did not fit (kept only with `record_requests`)."""
+        self._runner_options: dict[str, dict[str, Any]] = {}
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._arrivals = threading.Condition()
@@ -348,12 +380,15 @@ class FakeOllama:
     # ---- routes -------------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        # One dict lookup instead of a router; a wrong method is a 404 too, as with gin.
+        # One dict lookup instead of a router; a wrong method is a 405, as in Ollama.
         if self.require_headers and (refusal := self._refusal(request)) is not None:
             return refusal
+        if self.check_host_header and not _behaviour.local_host(request.host):
+            return web.Response(status=403)  # allowedHostsMiddleware: no body at all
         route = self._routes.get((request.method, request.path))
         if route is None:
-            return _wire.not_found()
+            known = any(path == request.path for _, path in self._routes)
+            return _wire.method_not_allowed() if known else _wire.not_found()
         response: web.StreamResponse = await route(request)
         return response
 
@@ -370,7 +405,7 @@ class FakeOllama:
         return web.Response(text="Ollama is running", content_type="text/plain")
 
     async def _version(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _wire.json_response(200, {"version": _wire.VERSION})
+        return _wire.json_response(200, {"version": self.version})
 
     async def _tags(self, request: web.BaseRequest) -> web.StreamResponse:
         return _wire.json_response(200, self._catalog.tags())
@@ -446,10 +481,12 @@ class FakeOllama:
         tokens. Anything but a `Reply` is the response to send as it is, in `/api/chat`'s shape
         (an error, or a dropped connection)."""
         arrived = time.monotonic_ns() if arrived_ns is None else arrived_ns
-        text, whole = _prompt_text(body, chat)
+        text, _ = _prompt_text(body, chat)
         fault = self._take_fault(text)
         if fault in _wire.CANNED:
             return _wire.canned_response(fault)
+        if fault == "signin":
+            return _wire.json_response(401, {"error": "unauthorized", "signin_url": SIGNIN_URL})
         if fault == "drop":
             return await drop_connection(request)
         if fault == "hang":
@@ -459,6 +496,10 @@ class FakeOllama:
         checked = self._checked_model(model, body, fault)
         if isinstance(checked, web.Response):
             return checked
+        thinks, num_ctx = checked
+        prompt_tokens = self._fitted_prompt(body, chat, num_ctx)
+        if isinstance(prompt_tokens, web.Response):
+            return prompt_tokens
         planned = self._content(body, text, fault, stream)
         if isinstance(planned, web.Response):
             return planned
@@ -466,16 +507,13 @@ class FakeOllama:
         started, finished = await self._hold_slot()
         if fault == "stream_error" and not stream:
             return _wire.error_response(500, _wire.STREAM_ERROR)
-        num_ctx = (body.get("options") or {}).get("num_ctx")
-        if not isinstance(num_ctx, int) or num_ctx <= 0:
-            num_ctx = self.context_length
-        thinking = _wire.thinking(text) if checked and not stream else ""
-        counts = fault != "no_counts"
+        thinking = _wire.thinking(text) if thinks and not stream else ""
+        counts = fault not in ("no_counts", "repetition")
         return Reply(
             model=model,
             content=content,
             done_reason=done_reason,
-            prompt_eval_count=min(count_tokens(whole), num_ctx) if counts else 0,
+            prompt_eval_count=prompt_tokens if counts else 0,
             eval_count=count_tokens(content) + count_tokens(thinking) if counts else 0,
             thinking=thinking,
             fault=fault,
@@ -486,17 +524,89 @@ class FakeOllama:
 
     def _checked_model(
         self, model: str, body: dict[str, Any], fault: str | None
-    ) -> bool | web.Response:
-        """Loads the model; True if it thinks on this request; or the error response."""
+    ) -> tuple[bool, int] | web.Response:
+        """Loads the model as the request asks (options, keep-alive, reload); returns whether
+        it thinks on this request and the context it runs with, or the error response."""
         if not model:
             return _wire.error_response(400, "model is required")
         name = _wire.full_name(model)
         if fault == "unknown_model" or name not in self._catalog.names:
             return _wire.error_response(404, f"model '{model}' not found")
-        if body.get("think") not in (None, False) and name not in self._catalog.thinking:
+        think = body.get("think")
+        if isinstance(think, str) and think not in _behaviour.THINK_LEVELS:
+            return _wire.error_response(400, f'invalid think value: "{think}"')
+        if think not in (None, False) and name not in self._catalog.thinking:
             return _wire.error_response(400, f'"{model}" does not support thinking')
-        self._catalog.loaded.add(name)
-        return name in self._catalog.thinking and body.get("think") is not False
+        options = body.get("options") or {}
+        problem, dropped = _behaviour.option_error(options, self._server)
+        if problem is not None:
+            return _wire.error_response(500, problem)
+        self.dropped_options.extend(dropped)
+        num_ctx = options.get("num_ctx")
+        if not isinstance(num_ctx, int) or num_ctx <= 0:
+            num_ctx = self.context_length
+        if name in self._catalog.vision:
+            num_ctx = max(num_ctx, _behaviour.VISION_MIN_CONTEXT)
+        self._load_model(name, options, num_ctx, body)
+        return name in self._catalog.thinking and think is not False, num_ctx
+
+    def _load_model(
+        self, name: str, options: Mapping[str, Any], num_ctx: int, body: Mapping[str, Any]
+    ) -> None:
+        runner = {**_behaviour.runner_options(options), "num_ctx": num_ctx}
+        loaded = name in self._catalog.loaded
+        if loaded and self._runner_options.get(name) != runner:
+            self.reloads += 1
+        if not loaded or self._runner_options.get(name) != runner:
+            # A (re)load starts from the server's default keep-alive, as the scheduler does.
+            self.keep_alive[name] = _behaviour.DEFAULT_KEEP_ALIVE
+        self._runner_options[name] = runner
+        self._catalog.loaded[name] = num_ctx
+        if body.get("keep_alive") is not None:
+            self.keep_alive[name] = body["keep_alive"]
+            self.keep_alive_changes += 1
+
+    def _fitted_prompt(self, body: dict[str, Any], chat: bool, num_ctx: int) -> int | web.Response:
+        """The prompt tokens the model reads, after Ollama fits the prompt to the context as
+        this server version does (see _behaviour.py), or its 400."""
+        truncate = body.get("truncate") is not False or not self._server.honours_truncate
+        messages: list[dict[str, Any]] = list(body.get("messages") or []) if chat else []
+        if chat and truncate:
+            messages = _dropped_to_fit(messages, num_ctx)
+        if chat and self.record_requests:
+            self.messages_read.append(messages)
+        whole = (
+            " ".join(m.get("content") or "" for m in messages)
+            if chat
+            else _prompt_text(body, chat)[1]
+        )
+        tokens = count_tokens(whole)
+        if tokens <= num_ctx:
+            return tokens
+        if not truncate:
+            return _wire.error_response(400, self._server.too_long(tokens, num_ctx))
+        if self._server.llama_server and not self.context_shift:
+            return _wire.error_response(400, _behaviour.NO_SHIFT_ERROR)
+        num_keep = (body.get("options") or {}).get("num_keep", _behaviour.DEFAULT_NUM_KEEP)
+        return self._server.cut_to(num_ctx, num_keep if isinstance(num_keep, int) else 4)
+
+    def _load(self, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        """Nothing to generate: Ollama loads the model (or, with keep_alive 0, unloads it) and
+        says so. No fault applies."""
+        model = body.get("model") or ""
+        if body.get("keep_alive") in (0, "0", "0s") and model:
+            name = _wire.full_name(model)
+            self._catalog.loaded.pop(name, None)
+            self.keep_alive.pop(name, None)
+            payload = _wire.envelope(model, chat, "")
+            payload["done_reason"] = "unload"
+            return _wire.json_response(200, payload)
+        checked = self._checked_model(model, body, None)
+        if isinstance(checked, web.Response):
+            return checked
+        payload = _wire.envelope(model, chat, "")
+        payload["done_reason"] = "load"
+        return _wire.json_response(200, payload)
 
     async def _hold_slot(self) -> tuple[int, int]:
         """Holds a generation slot for `latency`; returns when it was taken and let go (ns)."""
@@ -546,6 +656,8 @@ class FakeOllama:
         reply = await self.reply(request, body, chat=chat, stream=stream, arrived_ns=arrived)
         if not isinstance(reply, Reply):
             return reply
+        if reply.fault == "repetition":
+            return await _repeating(request, reply, chat, stream)
         final = _wire.envelope(reply.model, chat, "" if stream else reply.content)
         final["done_reason"] = reply.done_reason
         if reply.thinking:  # thinking models think unless told `think: false`, as in Ollama
@@ -565,16 +677,6 @@ class FakeOllama:
                 return web.Response(body=_wire.partial(final), headers=headers)
             return _wire.json_response(200, final)
         return await _stream(request, reply.model, chat, reply.content, final, reply.fault)
-
-    def _load(self, body: dict[str, Any], chat: bool) -> web.StreamResponse:
-        """Nothing to generate: Ollama just loads the model and says so. No fault applies."""
-        model = body.get("model") or ""
-        checked = self._checked_model(model, body, None)
-        if isinstance(checked, web.Response):
-            return checked
-        payload = _wire.envelope(model, chat, "")
-        payload["done_reason"] = "load"
-        return _wire.json_response(200, payload)
 
     def _content(
         self, body: dict[str, Any], text: str, fault: str | None, stream: bool
@@ -645,6 +747,16 @@ async def _stream(
     return response
 
 
+def _dropped_to_fit(messages: list[dict[str, Any]], num_ctx: int) -> list[dict[str, Any]]:
+    """Ollama's chatPrompt: drop the oldest messages until the prompt fits, keeping the system
+    messages among them and always the latest message."""
+    for start in range(len(messages)):
+        kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
+        if count_tokens(" ".join(m.get("content") or "" for m in kept)) <= num_ctx:
+            return kept
+    return [m for m in messages[:-1] if m.get("role") == "system"] + messages[-1:]
+
+
 def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str]:
     """The prompt text (faults match in it, choices are seeded by it) and the whole prompt."""
     if chat:
@@ -655,6 +767,22 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str]:
     text = body.get("prompt") or ""
     system = body.get("system") or ""
     return text, f"{system} {text}" if system else text
+
+
+async def _repeating(
+    request: web.BaseRequest, reply: Reply, chat: bool, stream: bool
+) -> web.StreamResponse:
+    """What Ollama sends when its runner stops a reply that repeats one token: the text so far,
+    `done: false`, no done_reason and no counts; streamed, the stream just ends."""
+    content = reply.content + " again" * 8
+    if not stream:
+        return _wire.json_response(200, _wire.envelope(reply.model, chat, content, done=False))
+    response = web.StreamResponse(headers={"Content-Type": _wire.NDJSON_TYPE})
+    await response.prepare(request)
+    pieces = [_wire.envelope(reply.model, chat, p, done=False) for p in _wire.fragments(content)]
+    await response.write(b"".join(_wire.dumps(p) + b"\n" for p in pieces))
+    await response.write_eof()
+    return response
 
 
 async def drop_connection(request: web.BaseRequest) -> web.StreamResponse:
