@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--think",
-        choices=["auto", "on", "off", "low", "medium", "high"],
+        choices=["auto", "on", "off", "low", "medium", "high", "max"],
         help="thinking for thinking models (default auto: off when a schema is set)",
     )
     add("--shard", metavar="K/N", help="run only shard K (from 0) of N; see README 'Shards'")

@@ -14,6 +14,7 @@ from typing import Any
 import pydantic_core
 
 from batch.backends.base import ChatRequest, Format
+from batch.backends.ollama_options import options_problem
 from batch.errors import BadInput, ConfigError
 from batch.images import ImagePolicy, image_refs
 from batch.schema import OutputSchema
@@ -86,6 +87,8 @@ class RowBuilder:
         options = data.get("options")
         if options is not None and not isinstance(options, dict):
             raise BadInput(f"line {line}: options must be an object of Ollama options")
+        if options and (problem := options_problem(options)) is not None:
+            raise BadInput(f"line {line}: {problem}")
         system = data.get("system", self.system)
         if system is not None and not isinstance(system, str):
             raise BadInput(f"line {line}: system must be a string")

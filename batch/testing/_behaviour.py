@@ -18,8 +18,10 @@ Read from Ollama's source (the file and function named at each rule):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batch.backends.ollama_options import KNOWN_OPTIONS, RELOAD_OPTIONS, RETIRED_OPTIONS
@@ -106,6 +108,33 @@ def option_error(
         if kind == "array" and not all(isinstance(v, str) for v in value):
             return f'option "{name}" must be of an array of strings', dropped
     return None, dropped
+
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def keep_alive_seconds(value: Any) -> float:
+    """Ollama's keep_alive in seconds: a number, or a Go duration; negative: forever."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    parts = _DURATION_PART.findall(text.lstrip("+-"))
+    return sign * sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def expires_at(keep_alive: Any, now: datetime | None = None) -> str:
+    """`/api/ps`'s expires_at for a model kept alive this long from now (forever: far off)."""
+    seconds = keep_alive_seconds(keep_alive)
+    if seconds < 0:
+        return "2318-01-01T00:00:00Z"
+    moment = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def runner_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -258,13 +258,14 @@ class Catalog:
     def tags(self) -> dict[str, Any]:
         return {"models": [self._entry(name) for name in self.names]}
 
-    def ps(self) -> dict[str, Any]:
+    def ps(self, expires: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """`expires`: model -> expires_at (ISO time); absent: far in the future."""
         models = []
         for name in self.names:
             if name in self.loaded:
                 entry = self._entry(name)
                 del entry["modified_at"]
-                entry["expires_at"] = "2099-01-01T00:00:00Z"
+                entry["expires_at"] = (expires or {}).get(name, "2099-01-01T00:00:00Z")
                 entry["size_vram"] = entry["size"]
                 entry["context_length"] = self.loaded[name]  # per slot, as Ollama reports it
                 models.append(entry)

@@ -411,7 +411,8 @@ class FakeOllama:
         return _wire.json_response(200, self._catalog.tags())
 
     async def _ps(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _wire.json_response(200, self._catalog.ps())
+        expires = {n: _behaviour.expires_at(k) for n, k in self.keep_alive.items()}
+        return _wire.json_response(200, self._catalog.ps(expires))
 
     async def _show(self, request: web.BaseRequest) -> web.StreamResponse:
         body = _wire.parse_body(await request.read(), "ShowRequest")
@@ -573,22 +574,22 @@ class FakeOllama:
         messages: list[dict[str, Any]] = list(body.get("messages") or []) if chat else []
         if chat and truncate:
             messages = _dropped_to_fit(messages, num_ctx)
-        if chat and self.record_requests:
-            self.messages_read.append(messages)
         whole = (
             " ".join(m.get("content") or "" for m in messages)
             if chat
             else _prompt_text(body, chat)[1]
         )
         tokens = count_tokens(whole)
-        if tokens <= num_ctx:
-            return tokens
-        if not truncate:
-            return _wire.error_response(400, self._server.too_long(tokens, num_ctx))
-        if self._server.llama_server and not self.context_shift:
-            return _wire.error_response(400, _behaviour.NO_SHIFT_ERROR)
-        num_keep = (body.get("options") or {}).get("num_keep", _behaviour.DEFAULT_NUM_KEEP)
-        return self._server.cut_to(num_ctx, num_keep if isinstance(num_keep, int) else 4)
+        if tokens > num_ctx:
+            if not truncate:
+                return _wire.error_response(400, self._server.too_long(tokens, num_ctx))
+            if self._server.llama_server and not self.context_shift:
+                return _wire.error_response(400, _behaviour.NO_SHIFT_ERROR)
+            num_keep = (body.get("options") or {}).get("num_keep", _behaviour.DEFAULT_NUM_KEEP)
+            tokens = self._server.cut_to(num_ctx, num_keep if isinstance(num_keep, int) else 4)
+        if chat and self.record_requests:
+            self.messages_read.append(messages)
+        return tokens
 
     def _load(self, body: dict[str, Any], chat: bool) -> web.StreamResponse:
         """Nothing to generate: Ollama loads the model (or, with keep_alive 0, unloads it) and
