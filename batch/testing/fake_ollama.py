@@ -13,10 +13,10 @@ The *prompt text* is the `prompt` (generate) or the content of the last user mes
 seeds the choices above and is what `Fault.match` looks in.
 
 Token counts use `count_tokens` (whitespace-separated words):
-    prompt_eval_count = count_tokens(" ".join(content of every message))   # chat
-                      = count_tokens(system + " " + prompt)                # generate
-                        (capped at `options.num_ctx` or `context_length`: Ollama silently drops
-                        what does not fit, and a count at the cap is the tell)
+    prompt_eval_count = count_tokens(" ".join(content of every message read))   # chat
+                      = count_tokens(system + " " + prompt)                     # generate
+                        (fitted to `options.num_ctx`, else `context_length`, as the server
+                        `version` does: see _behaviour.py)
     eval_count        = count_tokens(the full response content)
 `options.num_predict` > 0 below eval_count cuts the content to that many words, with
 done_reason "length". Durations are measured integer nanoseconds: the time holding a slot
@@ -33,6 +33,19 @@ Production setups (a reverse proxy, TLS, thinking models):
   400, as in Ollama.
 - A load-only request (no messages/prompt) loads the model and takes no fault; it is counted
   in `load_requests` (its body in `loads`), not `request_count` (nor `requests`).
+
+Ollama as it really behaves, by server version (issue 12; the rules in _behaviour.py):
+- `version`: `CURRENT_VERSION` (llama-server runner, the default) cuts an over-long prompt to
+  about half the context; `GO_RUNNER_VERSION` to the context; both answer `truncate: false` with
+  a 400; versions before 0.12.6 ignore `truncate`. Without it, the oldest non-system messages are
+  dropped first (`messages_read` shows what the model read). `context_shift=False`: a 400.
+- Options: a wrong type is a 500 naming it; an unknown name is dropped (`dropped_options`).
+  Each loaded model keeps the `keep_alive` it was last given (`keep_alive`, shown as /api/ps's
+  `expires_at`); changed load options reload it (`reloads`).
+- `vision_models`: family qwen3vl, capability vision, `num_ctx` at least 2048.
+- `model_info=False`: /api/show without `model_info`; `check_host_header=True`: a non-local
+  `Host` gets 403 with no body; a wrong method is a 405.
+- Faults `repetition` (done: false, no done_reason, no counts) and `signin` (a cloud model's 401).
 """
 
 from __future__ import annotations
