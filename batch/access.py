@@ -20,7 +20,8 @@ from batch.errors import ConfigError
 
 EVERY_HOST = "*"
 Headers = dict[str, dict[str, SecretStr]]
-ThinkSetting = bool | Literal["low", "medium", "high"] | None
+ThinkSetting = bool | Literal["low", "medium", "high", "max"] | None
+OLLAMA_PORT = 11434
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110)
 # "[HOST ]NAME: VALUE": a host never ends in a colon, a header name never holds a space.
@@ -39,17 +40,40 @@ _THINK_WORDS: dict[str, ThinkSetting] = {
     "low": "low",
     "medium": "medium",
     "high": "high",
+    "max": "max",  # Ollama's ThinkValue takes it too (api/types.go)
 }
 
 
+def normal_host(url: str) -> str:
+    """A host value as the ollama client reads it: `gpu1` and `gpu1:11434` are
+    `http://gpu1:11434`; an explicit scheme keeps its own default port. Credentials stay."""
+    url = url.strip()
+    if "://" in url:
+        return url
+    parts = urlsplit(f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError:  # e.g. an IPv6 address without brackets: left for the client to refuse
+        return f"http://{url}"
+    if port is None and (parts.hostname or ""):
+        hostport = parts.netloc + f":{OLLAMA_PORT}"
+        return urlunsplit(("http", hostport, parts.path, "", ""))
+    return f"http://{url}"
+
+
 def display_host(url: str) -> str:
-    """The host URL as shown to users: never with credentials in it."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    """The host URL as shown to users (and matched, probed, sent to): normalised as the
+    client does, never with credentials in it."""
+    parts = urlsplit(normal_host(url))
     netloc = parts.hostname or ""
     if ":" in netloc:  # an IPv6 address
         netloc = f"[{netloc}]"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        return url.strip()  # not a URL the client can use; it says so on the first request
+    if port:
+        netloc = f"{netloc}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -182,5 +206,5 @@ def parse_think(value: Any) -> ThinkSetting:
         return value
     word = str(value).strip().lower()
     if word not in _THINK_WORDS:
-        raise ValueError(f"think {value!r}: use auto, on, off, low, medium or high")
+        raise ValueError(f"think {value!r}: use auto, on, off, low, medium, high or max")
     return _THINK_WORDS[word]

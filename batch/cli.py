@@ -96,7 +96,7 @@ def _model(run: argparse.ArgumentParser) -> None:
     add("--system", metavar="TEXT", help="system prompt for every row")
     add(
         "--think",
-        choices=["auto", "on", "off", "low", "medium", "high"],
+        choices=["auto", "on", "off", "low", "medium", "high", "max"],
         help="thinking for thinking models (default auto: off when a schema is set)",
     )
 

@@ -32,6 +32,7 @@ from batch.access import (
     parse_think,
     redacted_host,
 )
+from batch.backends.ollama_options import checked_options
 from batch.errors import ConfigError
 from batch.hosts import check_host_list
 from batch.schema import OutputSchema
@@ -89,6 +90,11 @@ class JobConfig(BaseModel):
     @classmethod
     def _headers_parse(cls, headers: Any) -> Any:
         return parse_headers(headers) if headers else {}
+
+    @field_validator("options")
+    @classmethod
+    def _options_known(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return checked_options(options)  # names and types as Ollama reads them
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -152,5 +152,7 @@ class Host:
             "failures": self.failures,
             "taken_out": self.taken_out,
             "lacks_models": sorted(self.lacks),
+            # What /api/version said, for backends that ask (None: not asked or not known).
+            "server_version": getattr(self.backend, "server_version", None),
             "completed_per_s": round(self.completed / elapsed, 2) if elapsed else 0.0,
         }

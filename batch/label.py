@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batch.backends.base import Backend, ChatRequest, Completion
+from batch.backends.base import Backend, ChatRequest, Completion, bounded_echo
 from batch.errors import (
     BadInput,
     InvalidOutput,
@@ -112,7 +112,7 @@ class Labeller:
                 if isinstance(last, InvalidOutput):
                     # Re-ask with the reason; only the latest bad reply, to spare the context.
                     feedback = [
-                        {"role": "assistant", "content": last.raw},
+                        {"role": "assistant", "content": bounded_echo(last.raw)},
                         {"role": "user", "content": last.feedback},
                     ]
                     request = replace(base, messages=[*base.messages, *feedback])

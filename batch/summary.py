@@ -187,8 +187,9 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(f'failures: {kinds}; see rows with "status": "error" in {where}')
     if truncated := summary.prompts_truncated:
         lines.append(
-            f"{truncated} prompts filled the model's context and were likely cut by the server: "
-            "raise num_ctx or shorten them (see error.context_length in those rows)"
+            f"{truncated} prompts did not fit the model's context (refused by the server, or cut "
+            "by one older than 0.12.6): raise num_ctx or shorten them (see "
+            "error.context_length in those rows)"
         )
     by_host = summary.by_host or {}
     for name, host in by_host.items() if len(by_host) > 1 else ():

@@ -2,8 +2,9 @@
 
     python scripts/fake_ollama.py --port 11434 --latency 0.05 --slots 8 --fault busy::3
 
-Prints `listening on http://HOST:PORT` once it accepts connections (with `--port 0`, the port
-the OS chose) and exits 0 on SIGTERM or SIGINT.
+It serves Ollama's OpenAI-compatible `/v1` routes too (fake_openai.py, beside this script), which
+the peers in bench_peers.py talk to. Prints `listening on http://HOST:PORT` once it accepts
+connections (with `--port 0`, the port the OS chose) and exits 0 on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from batch.testing import FakeOllama, Fault, FaultKind
+
+import fake_openai  # beside this script: Python puts its directory first on sys.path
 
 
 def parse_fault(spec: str) -> Fault:
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         record_requests=args.record,
     )
+    fake_openai.mount(fake)
     for fault in args.fault:
         fake.add_fault(fault)
     anyio.run(_serve, fake, args.host)

@@ -31,7 +31,8 @@ def plain(headers: Headers) -> dict[str, dict[str, str]]:
         ("X-Team: ml", {"*": {"X-Team": "ml"}}),
         ("Authorization: Bearer a:b==", {"*": {"Authorization": "Bearer a:b=="}}),
         ("https://gw:8443 X-Gate: a: b", {"https://gw:8443": {"X-Gate": "a: b"}}),
-        ("gw.example.com X-Gate:v", {"http://gw.example.com": {"X-Gate": "v"}}),
+        # A bare host is read as the ollama client reads it: http, port 11434.
+        ("gw.example.com X-Gate:v", {"http://gw.example.com:11434": {"X-Gate": "v"}}),
     ],
 )
 def test_header_flags(flag: str, expected: dict[str, dict[str, str]]) -> None:

@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from batch.testing import FakeOllama, Fault, FaultKind, count_tokens
+from batch.testing.fake_ollama import CURRENT_VERSION, GO_RUNNER_VERSION
 from batch.testing.schema_instance import SchemaError, compile_schema, schema_key
 
 MODEL = "fake-model"
@@ -245,7 +246,7 @@ async def test_num_predict_cuts_the_reply(fake_ollama: FakeOllama) -> None:
 
 async def test_prompt_count_is_capped_at_the_context() -> None:
     long_prompt = " ".join(["word"] * 50)
-    with FakeOllama(context_length=40) as fake:
+    with FakeOllama(context_length=40, version=GO_RUNNER_VERSION) as fake:  # cut to num_ctx
         assert (await chat(fake, long_prompt)).prompt_eval_count == 40
         assert (await chat(fake, long_prompt, options={"num_ctx": 8})).prompt_eval_count == 8
 
@@ -310,9 +311,11 @@ async def test_other_routes(fake_ollama: FakeOllama) -> None:
     assert (root.status_code, root.text) == (200, "Ollama is running")
     assert root.headers["content-type"].startswith("text/plain")
     assert (head.status_code, head.text) == (200, "")
-    assert version.json() == {"version": "0.12.6"}
+    assert version.json() == {"version": CURRENT_VERSION}
+    assert (missing.status_code, missing.text) == (404, "404 page not found")
+    # Ollama's router answers a wrong method with 405 (gin's HandleMethodNotAllowed).
+    assert (wrong_method.status_code, wrong_method.text) == (405, "405 method not allowed")
     for response in (missing, wrong_method):
-        assert (response.status_code, response.text) == (404, "404 page not found")
         assert response.headers["content-type"].startswith("text/plain")
 
     async with client(fake_ollama) as c:

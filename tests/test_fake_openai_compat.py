@@ -5,6 +5,7 @@ client where it is installed (the `bench` extra)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -13,6 +14,7 @@ import httpx
 import jsonschema
 import ollama
 import pytest
+from fake_openai import mount
 from pydantic import BaseModel
 
 from batch.testing import FakeOllama, Fault, FaultKind, count_tokens
@@ -28,6 +30,13 @@ LABEL_SCHEMA: dict[str, Any] = {
 }
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "schema": LABEL_SCHEMA}}
 STREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[FakeOllama]:
+    """The shared fixture's fake, with the `/v1` routes the benchmarks mount."""
+    with mount(FakeOllama()) as fake:
+        yield fake
 
 
 def raw(fake: FakeOllama, timeout: httpx.Timeout = TIMEOUT) -> httpx.AsyncClient:
@@ -379,7 +388,7 @@ async def test_faults_match_the_last_user_message(fake_ollama: FakeOllama) -> No
 
 
 async def test_slots_and_counters_are_shared_with_api_chat() -> None:
-    with FakeOllama(slots=2, latency=0.02, record_requests=False) as fake:
+    with mount(FakeOllama(slots=2, latency=0.02, record_requests=False)) as fake:
         async with (
             raw(fake) as http,
             ollama.AsyncClient(host=fake.url, timeout=TIMEOUT, trust_env=False) as native,
@@ -401,7 +410,7 @@ async def test_slots_and_counters_are_shared_with_api_chat() -> None:
 
 
 async def test_stop_is_prompt_with_a_hung_request() -> None:
-    fake = FakeOllama()
+    fake = mount(FakeOllama())
     fake.start()
     fake.add_fault(Fault("hang"))
     async with raw(fake) as http, anyio.create_task_group() as tg:

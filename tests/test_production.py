@@ -273,7 +273,9 @@ def test_the_model_is_kept_loaded_then_handed_back_with_the_server_default(
     [last] = fake.loads
     assert [r["keep_alive"] for r in fake.requests] == ["30m"] * 4
     assert fake.load_requests == 1
-    assert last["model"] == "m" and not last.get("messages") and "keep_alive" not in last
+    # A request without keep_alive would change nothing: the server's default is set again.
+    assert last["model"] == "m" and not last.get("messages") and last["keep_alive"] == "5m"
+    assert fake.keep_alive == {"m:latest": "5m"} and fake.reloads == 0
 
 
 def test_a_keep_alive_the_user_set_is_sent_and_left_in_place(job: Callable[..., Path]) -> None:
@@ -329,7 +331,8 @@ def test_prompts_that_fill_the_context_are_marked_and_counted(
     assert [rows[i]["status"] for i in range(4)] == ["ok", "error", "ok", "error"]
     error = rows[1]["error"]
     assert error["type"] == "prompt_truncated"
-    assert (error["prompt_tokens"], error["context_length"]) == (16, 16)
+    # Sent with truncate: false, the over-long prompt is refused, its size named.
+    assert (error["prompt_tokens"], error["context_length"]) == (40, 16)
     assert "num_ctx" in error["message"]
     assert rows[1]["attempts"] == 1 and sent == 4  # not re-asked: it would be cut again
     result = summary_of(path)

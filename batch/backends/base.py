@@ -56,6 +56,19 @@ class Completion:
     host: str | None = None
 
 
+ECHO_CHARS = 1200  # of a bad reply, echoed on a re-ask: its start and its end
+
+
+def bounded_echo(reply: str, limit: int = ECHO_CHARS) -> str:
+    """What a re-ask repeats of a bad reply: all of a short one; the start and end of a long
+    one (a runaway reply), so that the re-ask never pushes the row's own input out of the
+    model's context."""
+    if len(reply) <= limit:
+        return reply
+    head, tail = reply[: limit * 2 // 3], reply[-(limit // 3) :]
+    return f"{head}\n[... {len(reply) - len(head) - len(tail)} characters left out ...]\n{tail}"
+
+
 class Backend(Protocol):
     """A model server. Raises `Transient`, `Rejected` or `FatalRunError`, nothing else."""
 

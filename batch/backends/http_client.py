@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from batch.access import Headers, display_host, headers_for
+from batch.access import Headers, display_host, headers_for, normal_host
 from batch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Connection:
 
 def connect(host: str, access: AccessSettings) -> Connection:
     name = display_host(host)
-    url, user, password = _split_userinfo(host)
+    # One URL for chat, probes, the model check and display, as the client would read it.
+    url, user, password = _split_userinfo(normal_host(host))
     headers = headers_for(access.headers, host)
     secrets = [*headers.values(), password or ""]
     credentials = [f"header {h}" for h in headers if h.lower() != "authorization"]

@@ -4,7 +4,11 @@
 (`model_info["<arch>.context_length"]`) and any `num_ctx` its Modelfile sets. The context a
 request actually runs with is, in order: the request's own `num_ctx`; the Modelfile's; what
 `/api/ps` reports once the model is loaded (the server's default, which depends on its VRAM and
-OLLAMA_CONTEXT_LENGTH); else the trained length. Ollama caps `num_ctx` at the trained length.
+OLLAMA_CONTEXT_LENGTH; it is per slot); else the trained length. Ollama caps `num_ctx` at the
+trained length, and raises it to 2048 for vision models (`server/sched.go`, getRunner).
+
+Some older servers leave `model_info` out of `/api/show`; the client's model then refuses the
+answer, so the backend reads it with `facts_from_show_body` instead.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import anyio
 import ollama
@@ -27,9 +32,20 @@ class ModelFacts:
     trained_context: int | None = None
     modelfile_num_ctx: int | None = None
     capabilities: frozenset[str] | None = None  # None: the host would not say
+    family: str | None = None
+
+    @property
+    def vision(self) -> bool:
+        return self.capabilities is not None and "vision" in self.capabilities
 
 
 UNKNOWN = ModelFacts()
+VISION_MIN_CONTEXT = 2048
+# Families Ollama runs with one slot whatever OLLAMA_NUM_PARALLEL says (server/sched.go, load).
+ONE_SLOT_FAMILIES = frozenset(
+    {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
+    | {"nemotron_h", "nemotron_h_moe", "nemotron_h_omni"}
+)
 
 
 def full_name(model: str) -> str:
@@ -48,7 +64,13 @@ def facts_from_show(shown: ollama.ShowResponse) -> ModelFacts:
         if key == "num_ctx" and value.strip().isdigit():
             num_ctx = int(value.strip())
     capabilities = frozenset(shown.capabilities) if shown.capabilities is not None else None
-    return ModelFacts(trained, num_ctx, capabilities)
+    family = shown.details.family if shown.details else None
+    return ModelFacts(trained, num_ctx, capabilities, family or None)
+
+
+def show_response(body: Mapping[str, Any]) -> ollama.ShowResponse:
+    """`/api/show`'s answer, also from an older server that leaves out `model_info`."""
+    return ollama.ShowResponse.model_validate({"model_info": None, **body})
 
 
 class ModelCheck:
@@ -88,6 +110,8 @@ class ModelCheck:
         requested = options.get("num_ctx")
         if not (isinstance(requested, int) and requested > 0):
             requested = facts.modelfile_num_ctx or await self._loaded(model)
+        if requested and facts.vision:
+            requested = max(requested, VISION_MIN_CONTEXT)
         if requested and facts.trained_context:
             return min(requested, facts.trained_context)
         return requested or facts.trained_context
@@ -110,10 +134,14 @@ class ModelCheck:
                 return entry.context_length or None
         return None
 
-    async def is_loaded(self, model: str) -> bool:
+    async def expiry(self, model: str) -> datetime | Literal[False] | None:
+        """When the loaded model is due to unload; None if loaded with no expiry given;
+        False if it is not loaded (or the host would not say)."""
         try:
             running = await self._ps()
         except BatchError:
             return False
-        names = {full_name(m.model or m.name or "") for m in running.models} if running else set()
-        return full_name(model) in names
+        for entry in running.models if running else ():
+            if full_name(entry.model or entry.name or "") == full_name(model):
+                return entry.expires_at
+        return False

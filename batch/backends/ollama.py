@@ -5,45 +5,61 @@ Every exception the client can raise (see the client's behaviour notes) is sorte
 comes from the server or the network is redacted before it reaches a message: a proxy may echo
 the token it refused.
 
-The model's life during a run: `/api/show` before its first row (model_check.py); every request
-carries `keep_alive`, so the model stays loaded on a shared server; when the run chose that
-keep-alive itself, the model is handed back at the end with the server's own default.
+The model's life during a run: `/api/show` before its first row (model_check.py), and
+`/api/version` once per host; every request carries `keep_alive`, so the model stays loaded on a
+shared server, and `truncate: false`, so a prompt too long for the context is refused (a
+`prompt_truncated` row) instead of cut or stripped of its first messages without a sign. When the
+run chose the keep-alive itself, the model is handed back at the end (handback.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
 import httpx
 import ollama
 import pydantic
+from ollama._client import _copy_messages  # the client's message conversion, images included
 
 from batch.access import ThinkSetting, display_host
 from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.handback import HandBack
 from batch.backends.http_client import (
     AccessSettings,
     connect,
     describe_tls_failure,
     tls_failure,
 )
-from batch.backends.model_check import ModelCheck
-from batch.errors import FatalRunError, ModelMissing, Rejected, Transient
+from batch.backends.model_check import ModelCheck, ModelFacts, show_response
+from batch.backends.ollama_errors import HostContext, classify, proxy_refused
+from batch.backends.ollama_options import options_problem
+from batch.backends.server_notes import ServerNotes
+from batch.errors import (
+    BadInput,
+    FatalRunError,
+    InvalidOutput,
+    PromptTruncated,
+    Rejected,
+    Transient,
+)
 
 __all__ = ["RUN_KEEP_ALIVE", "OllamaBackend", "display_host"]
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DURATION_FIELDS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
 # Sent with every request when the user set no keep_alive: far above any gap between two rows
 # (a backoff), short enough that a killed run does not pin the model for long. Ollama's
 # scheduler also unloads the idle model with the shortest keep-alive first.
 RUN_KEEP_ALIVE = "30m"
-HAND_BACK_SECONDS = 5.0
 PROBE_SECONDS = 5.0
+INCOMPLETE_FEEDBACK = (
+    "Your reply stopped while repeating itself and was not finished. Answer again, briefly."
+)
 
 
 class OllamaBackend:
@@ -61,9 +77,7 @@ class OllamaBackend:
         self._timeout = timeout
         self._connection = connect(host, access or AccessSettings())
         self._keep_alive = RUN_KEEP_ALIVE if keep_alive is None else keep_alive
-        self._hand_back = keep_alive is None
         self._think = think
-        self._used: set[str] = set()  # models that answered here, to hand back at the end
         # One connection per slot, all kept alive: the default pool keeps only 20 alive.
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._client = ollama.AsyncClient(
@@ -73,6 +87,13 @@ class OllamaBackend:
             **self._connection.kwargs,
         )
         self._models = ModelCheck(self._show, self._ps)
+        self._notes = ServerNotes(self._name, concurrency, self._fetch_version)
+        self._hand_back = HandBack(self._name, self._models, self._load_only, keep_alive is None)
+
+    @property
+    def server_version(self) -> str | None:
+        """What `/api/version` said, once the first row was sent here (None: unknown)."""
+        return self._notes.version
 
     @property
     def name(self) -> str:
@@ -80,10 +101,7 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         try:
-            if self._hand_back and self._used:
-                with anyio.move_on_after(HAND_BACK_SECONDS, shield=True):
-                    for model in sorted(self._used):
-                        await self._restore_keep_alive(model)
+            await self._hand_back.run()
         finally:
             await self._client.close()  # type: ignore[no-untyped-call]
 
@@ -102,49 +120,84 @@ class OllamaBackend:
             return False
         return response.status_code < 500
 
-    async def _restore_keep_alive(self, model: str) -> None:
-        """A load-only request without keep_alive: the server's default applies again, as if
-        any other client had used the model last. Skipped when the model is no longer loaded,
-        so that it is never loaded again just for this."""
-        if not await self._models.is_loaded(model):
-            return
-        try:
-            await self._client.chat(model=model, messages=[])
-        except Exception as exc:  # the run is over; this must not turn it into a failure
-            log.debug("%s: could not restore the keep-alive of %s: %s", self._name, model, exc)
-
     async def chat(self, request: ChatRequest) -> Completion:
-        await self._models.facts(request.model)
-        think = self._think
-        if think is None and request.format is not None:
-            think = False  # see README "Production setups": a schema wants the answer only
-        response = await self._call(
-            request.model,
-            self._client.chat(
-                model=request.model,
-                messages=request.messages,
-                format=request.format,
-                options=request.options or None,
-                think=think,
-                keep_alive=self._keep_alive,
-                stream=False,
-            ),
-        )
-        self._used.add(request.model)
+        facts = await self._models.facts(request.model)
+        await self._first_use(request.model, facts)
+        if (problem := options_problem(request.options)) is not None:
+            raise BadInput(f"{problem} (in the row's options)")
+        self._notes.options_sent(request.model, request.options)
+        try:
+            response = await self._call(request.model, self._send(request))
+        except PromptTruncated as exc:
+            if "context_length" not in exc.details:
+                context = await self._models.context_length(request.model, request.options)
+                exc.details["context_length"] = context
+            raise
+        self._hand_back.used(request.model, request.options)
+        content = response.message.content or ""
+        if response.done is False:
+            # The runner stopped a reply that repeated one token: not a finished reply.
+            raise InvalidOutput(
+                "incomplete_reply",
+                f"{self._name} ended the reply unfinished (done: false, no done_reason): its "
+                "runner stops a reply that repeats one token over and over",
+                raw=content,
+                feedback=INCOMPLETE_FEEDBACK,
+            )
         durations = {f: v for f in DURATION_FIELDS if (v := getattr(response, f, None))}
         return Completion(
-            content=response.message.content or "",
+            content=content,
             done_reason=response.done_reason,
             usage=Usage(1, response.prompt_eval_count or 0, response.eval_count or 0),
             durations_ns=durations,
             context_length=await self._models.context_length(request.model, request.options),
         )
 
+    async def _first_use(self, model: str, facts: ModelFacts) -> None:
+        """Once per model: the server's version, warnings, and what the hand-back restores."""
+        await self._notes.first_use(model, facts, self._hand_back.found)
+
+    async def _send(self, request: ChatRequest) -> ollama.ChatResponse:
+        """`/api/chat` through the client's own transport, with the fields its request model
+        drops (`truncate`), and `think` as Ollama reads it (also "max")."""
+        think = self._think
+        if think is None and request.format is not None:
+            think = False  # see README "Production setups": a schema wants the answer only
+        body = chat_body(request, think, self._keep_alive)
+        response: ollama.ChatResponse = await self._client._request(
+            ollama.ChatResponse, "POST", "/api/chat", json=body, stream=False
+        )
+        return response
+
+    async def _load_only(self, model: str, keep_alive: float | str, options: Any) -> None:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [],
+            "keep_alive": keep_alive,
+            "stream": False,
+        }
+        if options:
+            body["options"] = options
+        await self._call(model, self._raw("POST", "/api/chat", json=body))
+
+    async def _fetch_version(self) -> str | None:
+        try:
+            response = await self._call("", self._raw("GET", "/api/version"))
+            version = response.json().get("version")
+        except (FatalRunError, Rejected, Transient, ValueError, AttributeError) as exc:
+            log.debug("%s: no server version: %s", self._name, exc)
+            return None
+        return version if isinstance(version, str) else None
+
     async def _show(self, model: str) -> ollama.ShowResponse | None:
         try:
-            shown: ollama.ShowResponse = await self._call(
-                model, self._client.show(model), route="/api/show"
+            # Raw: an older server may leave out `model_info`, which the client's model requires.
+            answer = await self._call(
+                model,
+                self._raw("POST", "/api/show", json={"model": model}),
+                route="/api/show",
             )
+            shown = show_response(answer.json())
         except FatalRunError:
             raise
         except Rejected as exc:  # e.g. a proxy that routes /api/chat only: check on the way
@@ -178,7 +231,7 @@ class OllamaBackend:
             ) from None
         except httpx.ProxyError as exc:
             if str(exc).startswith("407"):  # the tunnel was refused: every row would be
-                raise FatalRunError(self._proxy_refused()) from None
+                raise FatalRunError(proxy_refused(self._name)) from None
             raise Transient(
                 "proxy", self._redact(f"the proxy for {self._name} failed: {exc}")
             ) from None
@@ -199,45 +252,38 @@ class OllamaBackend:
                 "bad_body", f"{self._name} sent an unreadable response ({type(exc).__name__})"
             ) from None
 
+    def _raw(self, method: str, path: str, **kwargs: Any) -> Awaitable[httpx.Response]:
+        """A request through the client's transport, its errors as the client raises them."""
+        call: Awaitable[httpx.Response] = self._client._request_raw(  # type: ignore[no-untyped-call]
+            method, path, **kwargs
+        )
+        return call
+
     def _redact(self, text: str) -> str:
         return self._connection.redact(text)
 
     def _classify_status(self, exc: ollama.ResponseError, model: str, route: str) -> Exception:
         status, text = exc.status_code, self._redact(str(exc.error).strip())
-        where = f"{self._name} answered HTTP {status}: {text}"
         if status == -1:
             return Transient("stream_error", f"{self._name} reported an error mid-response: {text}")
-        if status in RETRY_STATUSES:
-            return Transient(f"http_{status}", where, kind="http", status_code=status)
-        if status == 404 and "not found" in text and "page" not in text:
-            return ModelMissing(
-                f"model {model!r} is not available on {self._name}: "
-                f"pull it there (`ollama pull {model}`) or pass another --model",
-                model=model,
-                host=self._name,
-            )
-        if status == 404 and route != "/api/chat":  # a proxy may route only what it must
-            return Rejected(where, status_code=status)
-        if status == 404:
-            return FatalRunError(
-                f"{self._name} does not serve the Ollama API (HTTP 404 for {route}): check --host"
-            )
-        if status in (401, 403):
-            return FatalRunError(self._refused(status))
-        if status == 407:
-            return FatalRunError(self._proxy_refused())
-        return Rejected(where, status_code=status)
+        host = HostContext(self._name, self._connection.credentials)
+        return classify(host, status, text, model, route)
 
-    def _proxy_refused(self) -> str:
-        return (
-            f"the proxy for {self._name} refused its credentials (HTTP 407): check the user "
-            "and password in --proxy or HTTP(S)_PROXY"
-        )
 
-    def _refused(self, status: int) -> str:
-        sent = self._connection.credentials
-        what = "refused the credentials" if sent else "wants credentials"
-        told = (
-            f"sent: {', '.join(sent)}" if sent else "none were sent: set OLLAMA_API_KEY or --header"
-        )
-        return f"{self._name} {what} (HTTP {status}); {told}"
+def chat_body(request: ChatRequest, think: Any, keep_alive: float | str) -> dict[str, Any]:
+    """The `/api/chat` body the client would send, plus `truncate: false`."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        # The client's own conversion (images as base64), its Nones left out.
+        "messages": [m.model_dump(exclude_none=True) for m in _copy_messages(request.messages)],
+        "stream": False,
+        "keep_alive": keep_alive,
+        "truncate": False,  # refuse an over-long prompt instead of cutting it (v0.12.6 on)
+    }
+    if request.format is not None:
+        body["format"] = request.format
+    if request.options:
+        body["options"] = request.options
+    if think is not None:
+        body["think"] = think
+    return body

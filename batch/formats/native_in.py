@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from batch.backends.base import ChatRequest
+from batch.backends.ollama_options import options_problem
 from batch.errors import BadInput, ConfigError
 from batch.images import ImagePolicy, image_refs
 from batch.rows import RowDefaults
@@ -26,6 +27,8 @@ def native_request(defaults: RowDefaults, data: dict[str, Any]) -> ChatRequest:
     options = data.get("options")
     if options is not None and not isinstance(options, dict):
         raise BadInput("options must be an object of Ollama options")
+    if options and (problem := options_problem(options)) is not None:
+        raise BadInput(problem)
     system = data.get("system", defaults.system)
     if system is not None and not isinstance(system, str):
         raise BadInput("system must be a string")

@@ -8,7 +8,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,12 +16,12 @@ from aiohttp import web
 
 JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
-VERSION = "0.12.6"
 ARCH = "fakearch"
+VISION_ARCH = "qwen3vl"  # a vision family Ollama runs with one slot
 
 LOAD_NS = 1_000  # the model is always loaded already
 _DECODER = json.JSONDecoder()
-_GO_WHITESPACE = " \t\r\n"
+GO_WHITESPACE = " \t\r\n"
 
 
 def dumps(value: Any) -> bytes:
@@ -38,6 +38,11 @@ def error_response(status: int, message: str) -> web.Response:
 
 def not_found() -> web.Response:
     return web.Response(status=404, text="404 page not found", content_type="text/plain")
+
+
+def method_not_allowed() -> web.Response:
+    # Ollama's router sets gin's HandleMethodNotAllowed (server/routes.go, GenerateRoutes).
+    return web.Response(status=405, text="405 method not allowed", content_type="text/plain")
 
 
 # Fault kinds answered at once with a fixed status and body: (status, content type, body).
@@ -93,7 +98,7 @@ def canned_response(kind: str) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
 
-def _go_type(value: Any) -> str:
+def go_type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -125,7 +130,7 @@ def parse_body(raw: bytes, struct: str) -> dict[str, Any] | str:
 
     Like Go's `json.Decoder.Decode`, only the first value counts and trailing bytes are ignored.
     """
-    text = raw.decode("utf-8", "replace").lstrip(_GO_WHITESPACE)
+    text = raw.decode("utf-8", "replace").lstrip(GO_WHITESPACE)
     if not text:
         return "missing request body"
     try:
@@ -138,13 +143,13 @@ def parse_body(raw: bytes, struct: str) -> dict[str, Any] | str:
     if value is None:
         return {}  # Go decodes `null` into a zero struct
     if not isinstance(value, dict):
-        return f"json: cannot unmarshal {_go_type(value)} into Go value of type api.{struct}"
+        return f"json: cannot unmarshal {go_type_name(value)} into Go value of type api.{struct}"
     return value
 
 
 def _field_error(struct: str, field: str, value: Any, go_type: str) -> str:
     return (
-        f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+        f"json: cannot unmarshal {go_type_name(value)} into Go struct field "
         f"{struct}.{field} of type {go_type}"
     )
 
@@ -210,20 +215,32 @@ class Catalog:
     """The models the fake serves, with the bodies of the routes that describe them."""
 
     def __init__(
-        self, models: Sequence[str], context_length: int, thinking: Sequence[str] = ()
+        self,
+        models: Sequence[str],
+        context_length: int,
+        thinking: Sequence[str] = (),
+        vision: Sequence[str] = (),
+        *,
+        model_info: bool = True,
     ) -> None:
-        self.names = tuple(dict.fromkeys(full_name(m) for m in (*models, *thinking)))
+        self.names = tuple(dict.fromkeys(full_name(m) for m in (*models, *thinking, *vision)))
         self.thinking = frozenset(full_name(m) for m in thinking)
+        self.vision = frozenset(full_name(m) for m in vision)
         self.context_length = context_length
-        self.loaded: set[str] = set()  # models that served a request, for /api/ps
+        self.model_info = model_info  # some older servers leave it out of /api/show
+        # Loaded models (they served a request), with the context each runs with, for /api/ps.
+        self.loaded: dict[str, int] = {}
 
-    @staticmethod
-    def details() -> dict[str, Any]:
+    def family(self, name: str) -> str:
+        return VISION_ARCH if full_name(name) in self.vision else ARCH
+
+    def details(self, name: str) -> dict[str, Any]:
+        family = self.family(name)
         return {
             "parent_model": "",
             "format": "gguf",
-            "family": ARCH,
-            "families": [ARCH],
+            "family": family,
+            "families": [family],
             "parameter_size": "1.0B",
             "quantization_level": "Q4_K_M",
         }
@@ -235,42 +252,51 @@ class Catalog:
             "modified_at": "2025-01-01T00:00:00Z",
             "size": 1_000_000_000,
             "digest": hashlib.sha256(name.encode()).hexdigest(),
-            "details": self.details(),
+            "details": self.details(name),
         }
 
     def tags(self) -> dict[str, Any]:
         return {"models": [self._entry(name) for name in self.names]}
 
-    def ps(self) -> dict[str, Any]:
+    def ps(self, expires: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """`expires`: model -> expires_at (ISO time); absent: far in the future."""
         models = []
         for name in self.names:
             if name in self.loaded:
                 entry = self._entry(name)
                 del entry["modified_at"]
-                entry["expires_at"] = "2099-01-01T00:00:00Z"
+                entry["expires_at"] = (expires or {}).get(name, "2099-01-01T00:00:00Z")
                 entry["size_vram"] = entry["size"]
-                entry["context_length"] = self.context_length
+                entry["context_length"] = self.loaded[name]  # per slot, as Ollama reports it
                 models.append(entry)
         return {"models": models}
 
     def show(self, name: str) -> dict[str, Any]:
-        return {
+        name = full_name(name)
+        arch = self.family(name)
+        capabilities = ["completion"]
+        if name in self.thinking:
+            capabilities.append("thinking")
+        if name in self.vision:
+            capabilities.append("vision")
+        shown: dict[str, Any] = {
             "license": "",
             "modelfile": f"# Modelfile of the fake model {name}\nFROM {name}\n",
             "parameters": "",
             "template": "{{ .Prompt }}",
-            "details": self.details(),
+            "details": self.details(name),
             "model_info": {
-                "general.architecture": ARCH,
+                "general.architecture": arch,
                 "general.parameter_count": 1_000_000_000,
-                f"{ARCH}.context_length": self.context_length,
-                f"{ARCH}.embedding_length": 2048,
+                f"{arch}.context_length": self.context_length,
+                f"{arch}.embedding_length": 2048,
             },
-            "capabilities": ["completion", "thinking"]
-            if full_name(name) in self.thinking
-            else ["completion"],
+            "capabilities": capabilities,
             "modified_at": "2025-01-01T00:00:00Z",
         }
+        if not self.model_info:
+            del shown["model_info"]
+        return shown
 
 
 def now() -> str:

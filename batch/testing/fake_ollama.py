@@ -13,10 +13,10 @@ The *prompt text* is the `prompt` (generate) or the content of the last user mes
 seeds the choices above and is what `Fault.match` looks in.
 
 Token counts use `count_tokens` (whitespace-separated words):
-    prompt_eval_count = count_tokens(" ".join(content of every message))   # chat
-                      = count_tokens(system + " " + prompt)                # generate
-                        (capped at `options.num_ctx` or `context_length`: Ollama silently drops
-                        what does not fit, and a count at the cap is the tell)
+    prompt_eval_count = count_tokens(" ".join(content of every message read))   # chat
+                      = count_tokens(system + " " + prompt)                     # generate
+                        (fitted to `options.num_ctx`, else `context_length`, as the server
+                        `version` does: see _behaviour.py)
     eval_count        = count_tokens(the full response content)
 `options.num_predict` > 0 below eval_count cuts the content to that many words, with
 done_reason "length". Durations are measured integer nanoseconds: the time holding a slot
@@ -33,6 +33,19 @@ Production setups (a reverse proxy, TLS, thinking models):
   400, as in Ollama.
 - A load-only request (no messages/prompt) loads the model and takes no fault; it is counted
   in `load_requests` (its body in `loads`), not `request_count` (nor `requests`).
+
+Ollama as it really behaves, by server version (issue 12; the rules in _behaviour.py):
+- `version`: `CURRENT_VERSION` (llama-server runner, the default) cuts an over-long prompt to
+  about half the context; `GO_RUNNER_VERSION` to the context; both answer `truncate: false` with
+  a 400; versions before 0.12.6 ignore `truncate`. Without it, the oldest non-system messages are
+  dropped first (`messages_read` shows what the model read). `context_shift=False`: a 400.
+- Options: a wrong type is a 500 naming it; an unknown name is dropped (`dropped_options`).
+  Each loaded model keeps the `keep_alive` it was last given (`keep_alive`, shown as /api/ps's
+  `expires_at`); changed load options reload it (`reloads`).
+- `vision_models`: family qwen3vl, capability vision, `num_ctx` at least 2048.
+- `model_info=False`: /api/show without `model_info`; `check_host_header=True`: a non-local
+  `Host` gets 403 with no body; a wrong method is a 405.
+- Faults `repetition` (done: false, no done_reason, no counts) and `signin` (a cloud model's 401).
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -51,10 +64,22 @@ from typing import Any, Literal, get_args
 import anyio
 from aiohttp import web
 
-from batch.testing import _wire, openai_compat
+from batch.testing import _behaviour, _wire
+from batch.testing._behaviour import CURRENT_VERSION, GO_RUNNER_VERSION, ServerVersion
 from batch.testing.schema_instance import WORDS, SchemaError, compile_schema, schema_key
 
-__all__ = ["FAULT_KINDS", "FakeOllama", "Fault", "FaultKind", "count_tokens"]
+__all__ = [
+    "CURRENT_VERSION",
+    "FAULT_KINDS",
+    "GO_RUNNER_VERSION",
+    "FakeOllama",
+    "Fault",
+    "FaultKind",
+    "Handler",
+    "Reply",
+    "count_tokens",
+    "drop_connection",
+]
 
 FaultKind = Literal[
     "busy",
@@ -75,10 +100,14 @@ FaultKind = Literal[
     "unknown_model",
     "unauthorized",
     "forbidden",
+    "repetition",
+    "signin",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
+SIGNIN_URL = "https://ollama.com/connect?name=fake&key=fake"
 Responder = Callable[[dict[str, Any]], str]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -95,6 +124,26 @@ def count_tokens(text: str) -> int:
     """The fake's token count: whitespace-separated words, at least 1 for non-empty text."""
     words = len(text.split())
     return words if words or not text else 1
+
+
+@dataclass
+class Reply:
+    """One generated answer, before a route renders it (`/api/chat` here, `/v1` in scripts/).
+
+    `prompt_eval_count`/`eval_count` are 0 where Ollama leaves them out (the `no_counts`
+    fault); `fault` is the fault that shaped it, for the faults a route renders itself
+    (`stream_error`, `stream_cut`, `bad_body`)."""
+
+    model: str
+    content: str
+    done_reason: str
+    prompt_eval_count: int
+    eval_count: int
+    thinking: str
+    fault: str | None
+    arrived_ns: int
+    started_ns: int
+    finished_ns: int
 
 
 class _Rule:
@@ -123,6 +172,11 @@ class FakeOllama:
         require_headers: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         thinking_models: Sequence[str] = (),
+        version: str = CURRENT_VERSION,
+        context_shift: bool = True,
+        vision_models: Sequence[str] = (),
+        model_info: bool = True,
+        check_host_header: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -149,7 +203,28 @@ class FakeOllama:
         self.max_generating = 0
         """Highest number of requests holding a generation slot at one instant (<= slots)."""
         self._port = port
-        self._catalog = _wire.Catalog(models, context_length, thinking_models)
+        self._catalog = _wire.Catalog(
+            models, context_length, thinking_models, vision_models, model_info=model_info
+        )
+        # How this Ollama behaves (see _behaviour.py): its version decides truncation.
+        self.version = version
+        self._server = ServerVersion(version)
+        self.context_shift = context_shift
+        """False: a model run without context shift, which refuses a prompt it would cut."""
+        self.check_host_header = check_host_header
+        """True: a loopback Ollama's Host check; a foreign `Host` gets 403 with no body."""
+        self.keep_alive: dict[str, Any] = {}
+        """The keep-alive each loaded model was last given (the server default on loading)."""
+        self.keep_alive_changes = 0
+        """Requests that set a loaded model's keep-alive."""
+        self.reloads = 0
+        """Loads of a model already loaded, because a request changed its runner options."""
+        self.dropped_options: list[str] = []
+        """Option names the server did not know and dropped, as Ollama does with a warning."""
+        self.messages_read: list[list[dict[str, Any]]] = []
+        """Per chat request that reached the model: the messages it read, after the server
+        dropped what did not fit (kept only with `record_requests`)."""
+        self._runner_options: dict[str, dict[str, Any]] = {}
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._arrivals = threading.Condition()
@@ -171,7 +246,6 @@ class FakeOllama:
             ("POST", "/api/show"): self._show,
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/generate"): self._generate,
-            **openai_compat.routes(self),  # Ollama's OpenAI-compatible /v1 routes
         }
 
     # ---- control, from any thread -------------------------------------------------------------
@@ -191,6 +265,16 @@ class FakeOllama:
             raise ValueError("Fault.times must be at least 1, or None for forever")
         with self._lock:
             self._rules.append(_Rule(fault))
+
+    def add_routes(self, routes: Mapping[tuple[str, str], Handler]) -> None:
+        """More routes, keyed by (method, path): e.g. the OpenAI-compatible `/v1` routes the
+        benchmarks mount (scripts/fake_openai.py). Call before `start()`."""
+        self._routes.update(routes)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models served, as full names (`name:tag`)."""
+        return self._catalog.names
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -309,12 +393,15 @@ class FakeOllama:
     # ---- routes -------------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        # One dict lookup instead of a router; a wrong method is a 404 too, as with gin.
+        # One dict lookup instead of a router; a wrong method is a 405, as in Ollama.
         if self.require_headers and (refusal := self._refusal(request)) is not None:
             return refusal
+        if self.check_host_header and not _behaviour.local_host(request.host):
+            return web.Response(status=403)  # allowedHostsMiddleware: no body at all
         route = self._routes.get((request.method, request.path))
         if route is None:
-            return _wire.not_found()
+            known = any(path == request.path for _, path in self._routes)
+            return _wire.method_not_allowed() if known else _wire.not_found()
         response: web.StreamResponse = await route(request)
         return response
 
@@ -331,13 +418,14 @@ class FakeOllama:
         return web.Response(text="Ollama is running", content_type="text/plain")
 
     async def _version(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _wire.json_response(200, {"version": _wire.VERSION})
+        return _wire.json_response(200, {"version": self.version})
 
     async def _tags(self, request: web.BaseRequest) -> web.StreamResponse:
         return _wire.json_response(200, self._catalog.tags())
 
     async def _ps(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _wire.json_response(200, self._catalog.ps())
+        expires = {n: _behaviour.expires_at(k) for n, k in self.keep_alive.items()}
+        return _wire.json_response(200, self._catalog.ps(expires))
 
     async def _show(self, request: web.BaseRequest) -> web.StreamResponse:
         body = _wire.parse_body(await request.read(), "ShowRequest")
@@ -358,13 +446,29 @@ class FakeOllama:
 
     async def _counted(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
         arrived = time.monotonic_ns()
-        with self._tracked():
+        with self.in_flight():
             return await self._completion(request, chat, arrived)
 
+    # ---- what every generating route uses (`/api/*` here, `/v1/*` in scripts/) ---------------
+
+    def count_arrival(self, *, load_only: bool = False) -> None:
+        """Counts a request in `request_count` (or `load_requests`) and wakes
+        `wait_for_requests`."""
+        with self._arrivals:
+            if load_only:
+                self.load_requests += 1
+            else:
+                self.request_count += 1
+            self._arrivals.notify_all()
+
+    def record(self, body: dict[str, Any], *, load_only: bool = False) -> None:
+        """Keeps a request body in `requests` (or `loads`), unless `record_requests` is off."""
+        if self.record_requests:
+            (self.loads if load_only else self.requests).append(body)
+
     @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        """A generation request in flight: counted in `max_in_flight`, cancelled by `stop()`.
-        Used by every route that generates (`/api/*` here, `/v1/*` in openai_compat)."""
+    def in_flight(self) -> Iterator[None]:
+        """A generation request in flight: counted in `max_in_flight`, cancelled by `stop()`."""
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         task = asyncio.current_task()
@@ -376,6 +480,147 @@ class FakeOllama:
             self._in_flight -= 1
             if task is not None:
                 self._handlers.discard(task)
+
+    async def reply(
+        self,
+        request: web.BaseRequest,
+        body: dict[str, Any],
+        *,
+        chat: bool = True,
+        stream: bool = False,
+        arrived_ns: int | None = None,
+    ) -> Reply | web.StreamResponse:
+        """The answer to an `/api/chat` (or, `chat=False`, `/api/generate`) request body: takes
+        a fault, checks the model, plans the content, holds a slot for `latency` and counts the
+        tokens. Anything but a `Reply` is the response to send as it is, in `/api/chat`'s shape
+        (an error, or a dropped connection)."""
+        arrived = time.monotonic_ns() if arrived_ns is None else arrived_ns
+        text, _ = _prompt_text(body, chat)
+        fault = self._take_fault(text)
+        if fault in _wire.CANNED:
+            return _wire.canned_response(fault)
+        if fault == "signin":
+            return _wire.json_response(401, {"error": "unauthorized", "signin_url": SIGNIN_URL})
+        if fault == "drop":
+            return await drop_connection(request)
+        if fault == "hang":
+            await asyncio.sleep(self.hang_seconds)
+            return await drop_connection(request)
+        model = body.get("model") or ""
+        checked = self._checked_model(model, body, fault)
+        if isinstance(checked, web.Response):
+            return checked
+        thinks, num_ctx = checked
+        prompt_tokens = self._fitted_prompt(body, chat, num_ctx)
+        if isinstance(prompt_tokens, web.Response):
+            return prompt_tokens
+        planned = self._content(body, text, fault, stream)
+        if isinstance(planned, web.Response):
+            return planned
+        content, done_reason = planned
+        started, finished = await self._hold_slot()
+        if fault == "stream_error" and not stream:
+            return _wire.error_response(500, _wire.STREAM_ERROR)
+        thinking = _wire.thinking(text) if thinks and not stream else ""
+        counts = fault not in ("no_counts", "repetition")
+        return Reply(
+            model=model,
+            content=content,
+            done_reason=done_reason,
+            prompt_eval_count=prompt_tokens if counts else 0,
+            eval_count=count_tokens(content) + count_tokens(thinking) if counts else 0,
+            thinking=thinking,
+            fault=fault,
+            arrived_ns=arrived,
+            started_ns=started,
+            finished_ns=finished,
+        )
+
+    def _checked_model(
+        self, model: str, body: dict[str, Any], fault: str | None
+    ) -> tuple[bool, int] | web.Response:
+        """Loads the model as the request asks (options, keep-alive, reload); returns whether
+        it thinks on this request and the context it runs with, or the error response."""
+        if not model:
+            return _wire.error_response(400, "model is required")
+        name = _wire.full_name(model)
+        if fault == "unknown_model" or name not in self._catalog.names:
+            return _wire.error_response(404, f"model '{model}' not found")
+        think = body.get("think")
+        if isinstance(think, str) and think not in _behaviour.THINK_LEVELS:
+            return _wire.error_response(400, f'invalid think value: "{think}"')
+        if think not in (None, False) and name not in self._catalog.thinking:
+            return _wire.error_response(400, f'"{model}" does not support thinking')
+        options = body.get("options") or {}
+        problem, dropped = _behaviour.option_error(options, self._server)
+        if problem is not None:
+            return _wire.error_response(500, problem)
+        self.dropped_options.extend(dropped)
+        num_ctx = options.get("num_ctx")
+        if not isinstance(num_ctx, int) or num_ctx <= 0:
+            num_ctx = self.context_length
+        if name in self._catalog.vision:
+            num_ctx = max(num_ctx, _behaviour.VISION_MIN_CONTEXT)
+        self._load_model(name, options, num_ctx, body)
+        return name in self._catalog.thinking and think is not False, num_ctx
+
+    def _load_model(
+        self, name: str, options: Mapping[str, Any], num_ctx: int, body: Mapping[str, Any]
+    ) -> None:
+        runner = {**_behaviour.runner_options(options), "num_ctx": num_ctx}
+        loaded = name in self._catalog.loaded
+        if loaded and self._runner_options.get(name) != runner:
+            self.reloads += 1
+        if not loaded or self._runner_options.get(name) != runner:
+            # A (re)load starts from the server's default keep-alive, as the scheduler does.
+            self.keep_alive[name] = _behaviour.DEFAULT_KEEP_ALIVE
+        self._runner_options[name] = runner
+        self._catalog.loaded[name] = num_ctx
+        if body.get("keep_alive") is not None:
+            self.keep_alive[name] = body["keep_alive"]
+            self.keep_alive_changes += 1
+
+    def _fitted_prompt(self, body: dict[str, Any], chat: bool, num_ctx: int) -> int | web.Response:
+        """The prompt tokens the model reads, after Ollama fits the prompt to the context as
+        this server version does (see _behaviour.py), or its 400."""
+        truncate = body.get("truncate") is not False or not self._server.honours_truncate
+        messages: list[dict[str, Any]] = list(body.get("messages") or []) if chat else []
+        if chat and truncate:
+            messages = _dropped_to_fit(messages, num_ctx)
+        whole = (
+            " ".join(m.get("content") or "" for m in messages)
+            if chat
+            else _prompt_text(body, chat)[1]
+        )
+        tokens = count_tokens(whole)
+        if tokens > num_ctx:
+            if not truncate:
+                return _wire.error_response(400, self._server.too_long(tokens, num_ctx))
+            if self._server.llama_server and not self.context_shift:
+                return _wire.error_response(400, _behaviour.NO_SHIFT_ERROR)
+            num_keep = (body.get("options") or {}).get("num_keep", _behaviour.DEFAULT_NUM_KEEP)
+            tokens = self._server.cut_to(num_ctx, num_keep if isinstance(num_keep, int) else 4)
+        if chat and self.record_requests:
+            self.messages_read.append(messages)
+        return tokens
+
+    def _load(self, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        """Nothing to generate: Ollama loads the model (or, with keep_alive 0, unloads it) and
+        says so. No fault applies."""
+        model = body.get("model") or ""
+        if body.get("keep_alive") in (0, "0", "0s") and model:
+            name = _wire.full_name(model)
+            self._catalog.loaded.pop(name, None)
+            self.keep_alive.pop(name, None)
+            payload = _wire.envelope(model, chat, "")
+            payload["done_reason"] = "unload"
+            return _wire.json_response(200, payload)
+        checked = self._checked_model(model, body, None)
+        if isinstance(checked, web.Response):
+            return checked
+        payload = _wire.envelope(model, chat, "")
+        payload["done_reason"] = "load"
+        return _wire.json_response(200, payload)
 
     async def _hold_slot(self) -> tuple[int, int]:
         """Holds a generation slot for `latency`; returns when it was taken and let go (ns)."""
@@ -391,19 +636,6 @@ class FakeOllama:
                 self._generating -= 1
             return started, time.monotonic_ns()
 
-    # ---- chat and generate --------------------------------------------------------------------
-
-    def _arrived(self, body: dict[str, Any] | str, chat: bool) -> bool:
-        """Counts the request; True for a load-only one."""
-        load_only = isinstance(body, dict) and not body.get("messages" if chat else "prompt")
-        with self._arrivals:
-            if load_only:
-                self.load_requests += 1
-            else:
-                self.request_count += 1
-            self._arrivals.notify_all()
-        return load_only
-
     def _take_fault(self, text: str) -> str | None:
         if not self._rules:  # the common case in benchmarks: skip the lock
             return None
@@ -417,90 +649,48 @@ class FakeOllama:
                     return rule.kind
         return None
 
+    # ---- chat and generate --------------------------------------------------------------------
+
     async def _completion(
         self, request: web.BaseRequest, chat: bool, arrived: int
     ) -> web.StreamResponse:
         struct = "ChatRequest" if chat else "GenerateRequest"
         body = _wire.parse_body(await request.read(), struct)
-        load_only = self._arrived(body, chat)
+        load_only = isinstance(body, dict) and not body.get("messages" if chat else "prompt")
+        self.count_arrival(load_only=load_only)
         if isinstance(body, str):
             return _wire.error_response(400, body)
-        if self.record_requests:
-            (self.loads if load_only else self.requests).append(body)
+        self.record(body, load_only=load_only)
         problem = _wire.check_fields(body, struct)
         if problem is not None:
             return _wire.error_response(400, problem)
-
-        if chat:
-            messages: list[dict[str, Any]] = body.get("messages") or []
-            users = [m for m in messages if m.get("role") == "user"]
-            text = (users[-1].get("content") or "") if users else ""
-            whole = " ".join(m.get("content") or "" for m in messages)
-        else:
-            text = body.get("prompt") or ""
-            system = body.get("system") or ""
-            whole = f"{system} {text}" if system else text
-
-        load_only = not (body.get("messages") if chat else text)
-        fault = None if load_only else self._take_fault(text)
-        if fault in _wire.CANNED:
-            return _wire.canned_response(fault)
-        if fault == "drop":
-            return await _drop(request)
-        if fault == "hang":
-            await asyncio.sleep(self.hang_seconds)
-            return await _drop(request)
-
-        model = body.get("model") or ""
-        if not model:
-            return _wire.error_response(400, "model is required")
-        name = _wire.full_name(model)
-        if fault == "unknown_model" or name not in self._catalog.names:
-            return _wire.error_response(404, f"model '{model}' not found")
-        thinks = name in self._catalog.thinking and body.get("think") is not False
-        if body.get("think") not in (None, False) and name not in self._catalog.thinking:
-            return _wire.error_response(400, f'"{model}" does not support thinking')
-        self._catalog.loaded.add(name)
         stream = body.get("stream") is not False  # true when omitted, as in Ollama
-
         if load_only:
-            # Nothing to generate: Ollama just loads the model and says so.
-            payload = _wire.envelope(model, chat, "")
-            payload["done_reason"] = "load"
-            return _wire.json_response(200, payload)
-
-        planned = self._content(body, text, fault, stream)
-        if isinstance(planned, web.Response):
-            return planned
-        content, done_reason = planned
-
-        started, generated = await self._hold_slot()
-
-        if fault == "stream_error" and not stream:
-            return _wire.error_response(500, _wire.STREAM_ERROR)
-        num_ctx = (body.get("options") or {}).get("num_ctx")
-        if not isinstance(num_ctx, int) or num_ctx <= 0:
-            num_ctx = self.context_length
-        final = _wire.envelope(model, chat, "" if stream else content)
-        final["done_reason"] = done_reason
-        thinking = _wire.thinking(text) if thinks and not stream else ""
-        if thinking:  # thinking models think unless told `think: false`, as in Ollama
-            (final["message"] if chat else final)["thinking"] = thinking
+            return self._load(body, chat)
+        reply = await self.reply(request, body, chat=chat, stream=stream, arrived_ns=arrived)
+        if not isinstance(reply, Reply):
+            return reply
+        if reply.fault == "repetition":
+            return await _repeating(request, reply, chat, stream)
+        final = _wire.envelope(reply.model, chat, "" if stream else reply.content)
+        final["done_reason"] = reply.done_reason
+        if reply.thinking:  # thinking models think unless told `think: false`, as in Ollama
+            (final["message"] if chat else final)["thinking"] = reply.thinking
         final.update(
             _wire.metrics(
-                generated - arrived,
-                generated - started,
-                min(count_tokens(whole), num_ctx),
-                count_tokens(content) + count_tokens(thinking),
-                counts=fault != "no_counts",
+                reply.finished_ns - reply.arrived_ns,
+                reply.finished_ns - reply.started_ns,
+                reply.prompt_eval_count,
+                reply.eval_count,
+                counts=reply.fault != "no_counts",
             )
         )
         if not stream:
-            if fault == "bad_body":
+            if reply.fault == "bad_body":
                 headers = {"Content-Type": _wire.JSON_TYPE}
                 return web.Response(body=_wire.partial(final), headers=headers)
             return _wire.json_response(200, final)
-        return await _stream(request, model, chat, content, final, fault)
+        return await _stream(request, reply.model, chat, reply.content, final, reply.fault)
 
     def _content(
         self, body: dict[str, Any], text: str, fault: str | None, stream: bool
@@ -571,7 +761,45 @@ async def _stream(
     return response
 
 
-async def _drop(request: web.BaseRequest) -> web.StreamResponse:
+def _dropped_to_fit(messages: list[dict[str, Any]], num_ctx: int) -> list[dict[str, Any]]:
+    """Ollama's chatPrompt: drop the oldest messages until the prompt fits, keeping the system
+    messages among them and always the latest message."""
+    for start in range(len(messages)):
+        kept = [m for m in messages[:start] if m.get("role") == "system"] + messages[start:]
+        if count_tokens(" ".join(m.get("content") or "" for m in kept)) <= num_ctx:
+            return kept
+    return [m for m in messages[:-1] if m.get("role") == "system"] + messages[-1:]
+
+
+def _prompt_text(body: dict[str, Any], chat: bool) -> tuple[str, str]:
+    """The prompt text (faults match in it, choices are seeded by it) and the whole prompt."""
+    if chat:
+        messages: list[dict[str, Any]] = body.get("messages") or []
+        users = [m for m in messages if m.get("role") == "user"]
+        text = (users[-1].get("content") or "") if users else ""
+        return text, " ".join(m.get("content") or "" for m in messages)
+    text = body.get("prompt") or ""
+    system = body.get("system") or ""
+    return text, f"{system} {text}" if system else text
+
+
+async def _repeating(
+    request: web.BaseRequest, reply: Reply, chat: bool, stream: bool
+) -> web.StreamResponse:
+    """What Ollama sends when its runner stops a reply that repeats one token: the text so far,
+    `done: false`, no done_reason and no counts; streamed, the stream just ends."""
+    content = reply.content + " again" * 8
+    if not stream:
+        return _wire.json_response(200, _wire.envelope(reply.model, chat, content, done=False))
+    response = web.StreamResponse(headers={"Content-Type": _wire.NDJSON_TYPE})
+    await response.prepare(request)
+    pieces = [_wire.envelope(reply.model, chat, p, done=False) for p in _wire.fragments(content)]
+    await response.write(b"".join(_wire.dumps(p) + b"\n" for p in pieces))
+    await response.write_eof()
+    return response
+
+
+async def drop_connection(request: web.BaseRequest) -> web.StreamResponse:
     """Close the TCP connection without a response; the client sees a disconnect."""
     transport = request.transport
     if transport is not None:

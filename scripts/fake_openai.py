@@ -27,23 +27,17 @@ own generation, so faults, latency, slots and token counts are those of `/api/ch
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from batch.testing import _wire
+from batch.testing.fake_ollama import FakeOllama, Handler, Reply
 
-if TYPE_CHECKING:
-    from batch.testing.fake_ollama import FakeOllama
-
-__all__ = ["routes"]
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+__all__ = ["mount", "routes"]
 
 OPENAI_JSON_TYPE = "application/json"  # what Ollama's middleware sets: no charset
 SSE_TYPE = "text/event-stream"
@@ -63,6 +57,12 @@ _FIELDS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("response_format", dict, "openai.ResponseFormat"),
     ("tools", list, "[]api.Tool"),
 )
+
+
+def mount(fake: FakeOllama) -> FakeOllama:
+    """Adds the `/v1` routes to `fake` (before it starts); returns it."""
+    fake.add_routes(routes(fake))
+    return fake
 
 
 def routes(fake: FakeOllama) -> dict[tuple[str, str], Handler]:
@@ -91,8 +91,10 @@ def _json(status: int, data: bytes) -> web.Response:
     )
 
 
-def _converted(response: web.Response) -> web.Response:
+def _converted(response: web.StreamResponse) -> web.StreamResponse:
     """An `/api/chat` error response in OpenAI's shape; a non-JSON body (a proxy's) as it is."""
+    if not isinstance(response, web.Response):
+        return response  # a dropped connection
     if not response.content_type.startswith("application/json"):
         return response
     assert isinstance(response.body, bytes)
@@ -118,7 +120,7 @@ def _check_fields(body: dict[str, Any]) -> str | None:
         )
         if wrong:
             return (
-                f"json: cannot unmarshal {_wire._go_type(value)} into Go struct field "
+                f"json: cannot unmarshal {_wire.go_type_name(value)} into Go struct field "
                 f"ChatCompletionRequest.{field} of type {go_type}"
             )
     return None
@@ -130,7 +132,7 @@ def _messages(messages: list[Any]) -> list[dict[str, Any]] | str:
     for message in messages:
         if not isinstance(message, dict):
             return (
-                f"json: cannot unmarshal {_wire._go_type(message)} into Go struct field "
+                f"json: cannot unmarshal {_wire.go_type_name(message)} into Go struct field "
                 "ChatCompletionRequest.messages of type openai.Message"
             )
         role = message.get("role") or ""
@@ -186,40 +188,31 @@ def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
 
 class _OpenAICompat:
     def __init__(self, fake: FakeOllama) -> None:
-        from batch.testing import fake_ollama  # here: fake_ollama imports this module
-
         self.fake = fake
-        self.count_tokens = fake_ollama.count_tokens
-        self.drop = fake_ollama._drop
 
     async def models(self, request: web.BaseRequest) -> web.StreamResponse:
         created = 1735689600  # the catalog's modified_at, 2025-01-01T00:00:00Z
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "library"}
-            for name in self.fake._catalog.names
+            for name in self.fake.model_names
         ]
         return _json(200, _wire.dumps({"object": "list", "data": data}))
 
     async def chat_completions(self, request: web.BaseRequest) -> web.StreamResponse:
         # The same bookkeeping as the fake's `/api/chat`: counted, tracked, cancellable on stop.
-        fake = self.fake
         arrived = time.monotonic_ns()
-        with fake._arrivals:
-            fake.request_count += 1
-            fake._arrivals.notify_all()
-        with fake._tracked():
+        self.fake.count_arrival()
+        with self.fake.in_flight():
             return await self._complete(request, arrived)
 
     async def _complete(self, request: web.BaseRequest, arrived: int) -> web.StreamResponse:
-        fake = self.fake
         raw = await request.read()
-        if not raw.strip(_wire._GO_WHITESPACE.encode()):
+        if not raw.strip(_wire.GO_WHITESPACE.encode()):
             return error_response(400, "EOF")
         body = _wire.parse_body(raw, "ChatCompletionRequest")
         if isinstance(body, str):
             return error_response(400, body.replace("api.", "openai."))
-        if fake.record_requests:
-            fake.requests.append(body)
+        self.fake.record(body)
         problem = _check_fields(body)
         if problem is not None:
             return error_response(400, problem)
@@ -229,62 +222,42 @@ class _OpenAICompat:
         if isinstance(messages, str):
             return error_response(400, messages)
 
-        users = [m for m in messages if m["role"] == "user"]
-        text = users[-1]["content"] if users else ""
-        whole = " ".join(m["content"] for m in messages)
-        fault = fake._take_fault(text)
-        if fault in _wire.CANNED:
-            return _converted(_wire.canned_response(fault))
-        if fault == "drop":
-            return await self.drop(request)
-        if fault == "hang":
-            await asyncio.sleep(fake.hang_seconds)
-            return await self.drop(request)
-
-        model = body.get("model") or ""
-        if not model:
-            return error_response(400, "model is required")
-        name = _wire.full_name(model)
-        if fault == "unknown_model" or name not in fake._catalog.names:
-            return error_response(404, f"model '{model}' not found")
-        fake._catalog.loaded.add(name)
         stream = body.get("stream") is True
-
         tool = _chosen_tool(body)
         fmt = (tool.get("parameters") or {}) if tool else _format(body.get("response_format"))
         options = {} if body.get("max_tokens") is None else {"num_predict": body["max_tokens"]}
-        chat = {"model": model, "messages": messages, "format": fmt, "options": options}
-        planned = fake._content(chat, text, fault, stream)
-        if isinstance(planned, web.Response):
-            return _converted(planned)
-        content, done_reason = planned
-
-        await fake._hold_slot()
-        if fault == "stream_error" and not stream:
-            return error_response(500, _wire.STREAM_ERROR)
-
-        counts = fault != "no_counts"
-        prompt_tokens = min(self.count_tokens(whole), fake.context_length) if counts else 0
-        completion_tokens = self.count_tokens(content) if counts else 0
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+        # The `/api/chat` request Ollama's middleware makes of it (the fake's /v1 never thinks).
+        chat = {
+            "model": body.get("model") or "",
+            "messages": messages,
+            "format": fmt,
+            "options": options,
+            "think": False,
         }
-        reply = _Reply(model, content, done_reason, tool, text)
+        reply = await self.fake.reply(request, chat, stream=stream, arrived_ns=arrived)
+        if not isinstance(reply, Reply):
+            return _converted(reply)
+
+        usage = {
+            "prompt_tokens": reply.prompt_eval_count,
+            "completion_tokens": reply.eval_count,
+            "total_tokens": reply.prompt_eval_count + reply.eval_count,
+        }
+        text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        answer = _Answer(reply.model, reply.content, reply.done_reason, tool, text)
         if not stream:
-            completion = _wire.dumps(reply.completion(usage))
-            if fault == "bad_body":
+            completion = _wire.dumps(answer.completion(usage))
+            if reply.fault == "bad_body":
                 return web.Response(
                     body=completion[: len(completion) // 2],
                     headers={"Content-Type": OPENAI_JSON_TYPE},
                 )
             return _json(200, completion)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await reply.stream(request, usage if include_usage else None, fault)
+        return await answer.stream(request, usage if include_usage else None, reply.fault)
 
 
-class _Reply:
+class _Answer:
     """One answer, as a `chat.completion` or as a stream of `chat.completion.chunk`s."""
 
     def __init__(
