@@ -10,7 +10,7 @@ BatchError
     │   ├── Transient .. the transport or server hiccuped: back off, then resend
     │   └── InvalidOutput  the model answered, but not usably: re-ask at once with the reason
     ├── Rejected ....... the server refused this request for good (e.g. HTTP 400)
-    └── PromptTruncated  the prompt filled the model's context: the server likely cut it
+    └── PromptTruncated  the prompt did not fit the model's context: refused, or cut
 """
 
 from __future__ import annotations

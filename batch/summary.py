@@ -187,8 +187,8 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(f'failures: {kinds}; see rows with "status": "error" in {where}')
     if truncated := summary.prompts_truncated:
         lines.append(
-            f"{truncated} prompts did not fit the model's context (refused by the server, or cut "
-            "by one older than 0.12.6): raise num_ctx or shorten them (see "
+            f"{truncated} prompts filled the model's context (a server from 0.12.6 on refuses "
+            "them, an older one cuts them): raise num_ctx or shorten them (see "
             "error.context_length in those rows)"
         )
     by_host = summary.by_host or {}
