@@ -18,7 +18,7 @@ from batch.backends.base import Backend, ChatRequest, Completion, TokenLogprob
 from batch.categories import Path, dotted
 
 Span = tuple[int, int]  # [start, end) in the reply's characters
-DIGITS = 4
+DIGITS = 4  # significant: a value the model found unlikely still shows how unlikely
 
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -58,7 +58,7 @@ def field_confidence(
             lp for s, e, lp in placed if (s < end and e > start) or (s == e and start <= s < end)
         ]
         if chosen:
-            confidence[dotted(path)] = round(math.exp(sum(chosen)), DIGITS)
+            confidence[dotted(path)] = float(f"{math.exp(sum(chosen)):.{DIGITS}g}")
     return confidence
 
 

@@ -22,7 +22,7 @@ import ollama
 import pydantic
 
 from batch.access import ThinkSetting, display_host
-from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.base import ChatRequest, Completion, TokenLogprob, Usage
 from batch.backends.http_client import (
     AccessSettings,
     connect,
@@ -128,6 +128,7 @@ class OllamaBackend:
                 think=think,
                 keep_alive=self._keep_alive,
                 stream=False,
+                logprobs=request.logprobs or None,  # unset unless asked: older servers differ
             ),
         )
         self._used.add(request.model)
@@ -138,6 +139,7 @@ class OllamaBackend:
             usage=Usage(1, response.prompt_eval_count or 0, response.eval_count or 0),
             durations_ns=durations,
             context_length=await self._models.context_length(request.model, request.options),
+            logprobs=_token_logprobs(response),
         )
 
     async def _show(self, model: str) -> ollama.ShowResponse | None:
@@ -241,3 +243,11 @@ class OllamaBackend:
             f"sent: {', '.join(sent)}" if sent else "none were sent: set OLLAMA_API_KEY or --header"
         )
         return f"{self._name} {what} (HTTP {status}); {told}"
+
+
+def _token_logprobs(response: ollama.ChatResponse) -> tuple[TokenLogprob, ...] | None:
+    """The reply's tokens with their log-probabilities; None when the server sent none (Ollama
+    before 0.12.11 ignores the request's `logprobs`)."""
+    if not response.logprobs:
+        return None
+    return tuple((entry.token, entry.logprob) for entry in response.logprobs)
