@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("input", type=Path, help="the JSONL file of rows")
-    for adder in (_files, _model, _hosts, _retries, _access, _shards, _display):
+    for adder in (_files, _model, _quality, _hosts, _retries, _access, _shards, _display):
         adder(run)
     _add_merge(commands)
     add_eval(commands)
@@ -98,6 +98,29 @@ def _model(run: argparse.ArgumentParser) -> None:
         "--think",
         choices=["auto", "on", "off", "low", "medium", "high", "max"],
         help="thinking for thinking models (default auto: off when a schema is set)",
+    )
+
+
+def _quality(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("label quality (see also: batch eval)"))
+    add(
+        "--logprobs",
+        action="store_true",
+        help="ask for token log-probabilities and record each categorical field's confidence "
+        '("confidence" in output rows; Ollama 0.12.11+ or --host embedded)',
+    )
+    add(
+        "--review-below",
+        type=float,
+        metavar="P",
+        help="write ok rows whose least confident label is below P to the review file "
+        "(implies --logprobs)",
+    )
+    add(
+        "--review-file",
+        type=Path,
+        metavar="FILE",
+        help="where --review-below writes (default: OUTPUT with .review.jsonl)",
     )
 
 

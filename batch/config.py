@@ -85,6 +85,10 @@ class JobConfig(BaseModel):
     # Shards (batch/shards.py): "K/N", or N alone with K from the scheduler's environment.
     shard: str | None = None
     shards: int | None = Field(None, ge=1, le=100_000)
+    # Label quality (README "Label quality"): confidence per label, and rows for a person.
+    logprobs: bool = False
+    review_below: float | None = Field(None, gt=0, le=1)
+    review_file: Path | None = None  # None: OUTPUT with .review.jsonl
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -170,6 +174,12 @@ class JobConfig(BaseModel):
             self.output_path.resolve(),
         ):
             raise ConfigError(f"--errors-file {self.errors_file} must differ from input and output")
+        if (review := self.review_path) and review.resolve() in (
+            self.input.resolve(),
+            self.output_path.resolve(),
+            self.errors_file.resolve() if self.errors_file else None,
+        ):
+            raise ConfigError(f"--review-file {review} must differ from input and outputs")
 
     def fingerprint(self, schema: OutputSchema | None) -> str:
         """Names the settings that shape a label; rows from different settings never mix."""
@@ -193,6 +203,24 @@ class JobConfig(BaseModel):
     @property
     def summary_path(self) -> Path:
         return self.summary or _swap_suffix(self.output_path, ".summary.json")
+
+    @property
+    def review_path(self) -> Path | None:
+        """Where `--review-below` writes, when it is set."""
+        if self.review_below is None:
+            return None
+        return self.review_file or _swap_suffix(self.output_path, ".review.jsonl")
+
+    @property
+    def asks_logprobs(self) -> bool:
+        """--review-below needs confidence, so it asks for log-probabilities too."""
+        return self.logprobs or self.review_below is not None
+
+    @model_validator(mode="after")
+    def _review_file_has_a_threshold(self) -> JobConfig:
+        if self.review_file is not None and self.review_below is None:
+            raise ValueError("--review-file needs --review-below P")
+        return self
 
 
 def _swap_suffix(path: Path, suffix: str) -> Path:
@@ -232,9 +260,12 @@ FLAG_NAMES = {
     "think": "--think",
     "shard": "--shard",
     "shards": "--shards",
+    "logprobs": "--logprobs",
+    "review_below": "--review-below",
+    "review_file": "--review-file",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle")
+PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle", "review_file")
 
 
 def load_config(

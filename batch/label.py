@@ -140,6 +140,7 @@ class Labeller:
         result.done_reason = completion.done_reason
         result.durations_ns = _summed(result.durations_ns, completion)
         result.content = completion.content
+        result.logprobs = completion.logprobs
         _check_prompt_fitted(completion)
         if schema is None:
             return completion.content

@@ -22,10 +22,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batch.backends.base import Backend
 from batch.backends.select import open_pool
 from batch.builder import RowBuilder
+from batch.confidence import AskingLogprobs
 from batch.config import JobConfig
 from batch.errors import BatchError, FatalRunError
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy
+from batch.labels import open_label_watch
 from batch.output import prepare_output
 from batch.progress import show_progress
 from batch.records import RecordCodec
@@ -67,6 +69,7 @@ async def run_job(
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     pool = open_pool(config, backends)
+    watch = await open_label_watch(config)
     window = ReorderWindow[Item]() if config.ordered else None
     builder = RowBuilder(row_defaults(config, schema))
     run = _Run(
@@ -74,10 +77,11 @@ async def run_job(
             config.input, builder, done, stats, shard=config.shard_spec, window=window
         ),
         labeller=Labeller(
-            pool, RetryPolicy(config.max_attempts, config.backoff, config.backoff_max)
+            AskingLogprobs(pool) if config.asks_logprobs else pool,
+            RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
         ),
         sink=ResultSink(
-            config.output_path, codec, stats, errors_file=config.errors_file, window=window
+            config.output_path, codec, stats, watch, errors_file=config.errors_file, window=window
         ),
         slots=pool.capacity,
         grace_period=config.grace_period,
@@ -110,7 +114,7 @@ async def run_job(
             errors_path=config.errors_file,
             host_report=pool.report(),
             shard=config.shard,
-        )
+        ).model_copy(update=watch.summary_fields())
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
         raise run.fatal

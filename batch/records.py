@@ -2,9 +2,9 @@
 
 Native lines (one JSON object a row; keys in this order, which resume relies on):
 
-    {"id": …, "line": N, "status": "ok"|"error", "output"|"error": …, "attempts": …,
-     "usage": {…}, "model": …, "host": …, "done_reason": …, "durations_ns": {…},
-     "elapsed_s": …, "config": "<fingerprint>"}
+    {"id": …, "line": N, "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with
+     --logprobs), "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
+     "durations_ns": {…}, "elapsed_s": …, "config": "<fingerprint>"}
 
 OpenAI lines (`--output-format openai`) wrap that record as OpenAI's `BatchRequestOutput`, so
 code written to read OpenAI batch results reads ours unchanged:
@@ -42,6 +42,8 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
     if result.failure is None:
         record["status"] = "ok"
         record["output"] = result.output
+        if result.confidence is not None:
+            record["confidence"] = result.confidence
     else:
         record["status"] = "error"
         record["error"] = result.failure.as_record()

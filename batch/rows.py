@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.backends.base import ChatRequest, Format, Usage
+from batch.backends.base import ChatRequest, Format, TokenLogprob, Usage
 from batch.errors import BadInput, RowFailure
 from batch.images import ImagePolicy
 from batch.schema import OutputSchema
@@ -63,3 +63,5 @@ class RowResult:
     durations_ns: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     content: str | None = None  # the accepted reply as the model wrote it
+    logprobs: tuple[TokenLogprob, ...] | None = None  # its tokens', with --logprobs
+    confidence: dict[str, float] | None = None  # per categorical field (batch.confidence)

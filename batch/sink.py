@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batch.labels import LabelWatch
 from batch.output import OutputWriter
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow
@@ -33,6 +34,7 @@ class ResultSink:
         output: Path,
         codec: RecordCodec,
         stats: RunStats,
+        watch: LabelWatch | None = None,
         *,
         errors_file: Path | None = None,
         window: ReorderWindow[Item] | None = None,
@@ -42,6 +44,7 @@ class ResultSink:
         self._codec = codec
         self._stats = stats
         self._window = window
+        self._watch = watch or LabelWatch(logprobs=False, review_below=None, review_file=None)
 
     async def drain(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
         """Write every result that arrives, until the stream ends."""
@@ -52,12 +55,16 @@ class ResultSink:
             if self._errors_file is not None:
                 errors_writer = OutputWriter(self._errors_file, lazy=True)
                 errors = await stack.enter_async_context(errors_writer)
+            await stack.enter_async_context(self._watch)
             flushed = -FLUSH_EVERY
             async for result in results:
                 if (wait := flushed + FLUSH_EVERY - anyio.current_time()) > 0:
                     await anyio.sleep(wait)  # rows come fast: let the next ones gather
                 batch = [result, *_ready(results, WRITE_BATCH - 1)]
+                for done in batch:
+                    self._watch.observe(done)  # sets its confidence, before it is encoded
                 await _emit(output, errors, self._due(batch))
+                await self._watch.flush()
                 for done in batch:
                     self._stats.count(done)
                 flushed = anyio.current_time()

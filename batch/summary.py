@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from batch.backends.base import Usage
 from batch.errors import PromptTruncated
+from batch.labels import label_lines
 from batch.rows import RowResult
 
 PROMPT_TRUNCATED = PromptTruncated.kind
@@ -77,7 +78,7 @@ class Throughput(BaseModel):
 
 
 # Written only when they apply, so that a plain run's summary stays short.
-OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by"})
+OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by", "labels", "confidence", "review"})
 
 
 class RunSummary(BaseModel):
@@ -102,6 +103,12 @@ class RunSummary(BaseModel):
     elapsed_s: float = 0.0
     throughput: Throughput = Field(default_factory=Throughput)
     complete: bool = False
+    # Label quality (batch/labels.py): each categorical field's values over the ok rows, rows
+    # with a confidence (--logprobs), the rows sent for review (--review-below).
+    labels: dict[str, dict[str, int]] | None = None
+    confidence: dict[str, int] | None = None
+    review: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
     shard: str | None = None
     by_host: dict[str, dict[str, Any]] | None = None
     fatal: str | None = None
@@ -199,6 +206,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
             f"{host['failures']} failed requests, out of rotation {host['taken_out']}x, "
             f"{host['completed_per_s']:.1f} replies/s, now {host['state']}{lacks}"
         )
+    lines.extend(label_lines(summary.labels, summary.review))
     if summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:

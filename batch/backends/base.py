@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol
 JsonSchema = dict[str, Any]
 # Ollama's `format`: a JSON Schema, or "json" for any JSON (OpenAI's `json_object` mode).
 Format = JsonSchema | Literal["json"]
+TokenLogprob = tuple[str, float]  # a generated token's text and its log-probability
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     format: Format | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    logprobs: bool = False  # ask for each generated token's log-probability (--logprobs)
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Completion:
     durations_ns: dict[str, int] = field(default_factory=dict)
     context_length: int | None = None
     host: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for and the server gave them
 
 
 ECHO_CHARS = 1200  # of a bad reply, echoed on a re-ask: its start and its end

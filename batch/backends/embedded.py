@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.token_logprobs import LogprobRecorder
 from batch.errors import ConfigError, FatalRunError, Rejected, Transient
 
 HOST = "embedded"
@@ -41,6 +42,7 @@ SAMPLING = {
     "mirostat_eta": "mirostat_eta",
 }
 LOAD_TIME_OPTIONS = ("num_ctx", "num_thread")
+LOGPROBS = "batch_logprobs"  # our key in llama.cpp's response: the recorded token logprobs
 
 
 def is_embedded(host: str) -> bool:
@@ -198,8 +200,13 @@ class EmbeddedBackend:
             kwargs["response_format"] = {"type": "json_object", "schema": request.format}
         elif request.format == "json":
             kwargs["response_format"] = {"type": "json_object"}
+        recorder = LogprobRecorder(llm) if request.logprobs else None
+        if recorder is not None:
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
         llama_cpp.llama_perf_context_reset(llm.ctx)
         result: dict[str, Any] = llm.create_chat_completion(messages=request.messages, **kwargs)
+        if recorder is not None:
+            result[LOGPROBS] = recorder.tokens()
         return result
 
     def _completion(self, llm: Any, response: dict[str, Any], queued: int) -> Completion:
@@ -220,6 +227,7 @@ class EmbeddedBackend:
             done_reason=choice.get("finish_reason"),
             usage=Usage(1, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             durations_ns={k: v for k, v in durations.items() if v},
+            logprobs=response.get(LOGPROBS),
         )
 
 

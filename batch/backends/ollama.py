@@ -26,7 +26,7 @@ import pydantic
 from ollama._client import _copy_messages  # the client's message conversion, images included
 
 from batch.access import ThinkSetting, display_host
-from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.base import ChatRequest, Completion, TokenLogprob, Usage
 from batch.backends.handback import HandBack
 from batch.backends.http_client import (
     AccessSettings,
@@ -151,6 +151,7 @@ class OllamaBackend:
             usage=Usage(1, response.prompt_eval_count or 0, response.eval_count or 0),
             durations_ns=durations,
             context_length=await self._models.context_length(request.model, request.options),
+            logprobs=_token_logprobs(response),
         )
 
     async def _first_use(self, model: str, facts: ModelFacts) -> None:
@@ -286,4 +287,14 @@ def chat_body(request: ChatRequest, think: Any, keep_alive: float | str) -> dict
         body["options"] = request.options
     if think is not None:
         body["think"] = think
+    if request.logprobs:
+        body["logprobs"] = True  # unset unless asked: servers before 0.12.11 ignore it
     return body
+
+
+def _token_logprobs(response: ollama.ChatResponse) -> tuple[TokenLogprob, ...] | None:
+    """The reply's tokens with their log-probabilities; None when the server sent none (Ollama
+    before 0.12.11 ignores the request's `logprobs`)."""
+    if not response.logprobs:
+        return None
+    return tuple((entry.token, entry.logprob) for entry in response.logprobs)

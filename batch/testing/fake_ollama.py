@@ -8,6 +8,10 @@ that is deterministic for a given request:
 - `format == "json"`: `{"answer":"<word>"}`.
 - no `format`: `Fake answer to: <first words of the prompt text>`.
 - `responder`, if set, supplies the content instead; faults still take precedence.
+- `"logprobs": true` (non-streaming): `logprobs` lists the content's tokens (runs of word
+  characters, runs of the rest: `{"`, `label`, `":"`, `pos`, `"}`) with `token_logprob(token)`,
+  by default -len(token)/100; `token_logprob = None` plays a server before Ollama 0.12.11,
+  which ignores the field.
 
 The *prompt text* is the `prompt` (generate) or the content of the last user message (chat); it
 seeds the choices above and is what `Fault.match` looks in.
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import threading
 import time
@@ -108,6 +113,11 @@ FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 SIGNIN_URL = "https://ollama.com/connect?name=fake&key=fake"
 Responder = Callable[[dict[str, Any]], str]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+TOKEN = re.compile(r"\w+|\W+")  # the fake's tokenizer, for logprobs
+
+
+def default_token_logprob(token: str) -> float:
+    return -len(token) / 100
 
 
 @dataclass
@@ -188,6 +198,7 @@ class FakeOllama:
         self.hang_seconds = hang_seconds
         self.record_requests = record_requests
         self.responder: Responder | None = None
+        self.token_logprob: Callable[[str], float] | None = default_token_logprob
         self.requests: list[dict[str, Any]] = []
         self.loads: list[dict[str, Any]] = []  # bodies of load-only requests, kept apart
         self.request_count = 0
@@ -686,6 +697,12 @@ class FakeOllama:
             )
         )
         if not stream:
+            if body.get("logprobs") and self.token_logprob is not None:
+                lp = self.token_logprob
+                final["logprobs"] = [
+                    {"token": t, "logprob": lp(t), "bytes": list(t.encode())}
+                    for t in TOKEN.findall(reply.content)
+                ]
             if reply.fault == "bad_body":
                 headers = {"Content-Type": _wire.JSON_TYPE}
                 return web.Response(body=_wire.partial(final), headers=headers)
