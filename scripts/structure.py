@@ -1,6 +1,7 @@
 """Checks the package's shape: no import cycle among batch's modules (imports inside functions
-included, `if TYPE_CHECKING:` blocks left out), and no function in batch/ outside batch/testing
-longer than MAX_LINES. Prints each problem; exit 1 if any.
+included, `if TYPE_CHECKING:` blocks left out), no function in batch/ outside batch/testing
+longer than MAX_LINES, and every module and folder of batch/ named in README's Layout section.
+Prints each problem; exit 1 if any.
 
     python scripts/structure.py
 """
@@ -8,6 +9,7 @@ longer than MAX_LINES. Prints each problem; exit 1 if any.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +95,20 @@ def long_functions(name: str, tree: ast.Module) -> Iterator[str]:
                 yield f"{name}.{node.name} (line {node.lineno}) is {length} lines long"
 
 
+def unlisted_in_layout() -> Iterator[str]:
+    """Top-level modules and folders of batch/ that README's Layout block does not name."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Layout")
+    block = readme[readme.index("```", start) : readme.index("```", readme.index("```", start) + 3)]
+    named = set(re.findall(r"[\w.]+(?:\.py|/)", block))
+    for path in sorted(PACKAGE.iterdir()):
+        if path.name.startswith(("_", ".")):
+            continue
+        shown = f"{path.name}/" if path.is_dir() else path.name
+        if (path.is_dir() or path.suffix == ".py") and shown not in named:
+            yield f"batch/{shown} is not in README's Layout section"
+
+
 def main() -> int:
     trees = modules()
     known = set(trees)
@@ -100,6 +116,7 @@ def main() -> int:
     problems = [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
     for name, tree in trees.items():
         problems.extend(f"over {MAX_LINES} lines: {p}" for p in long_functions(name, tree))
+    problems.extend(unlisted_in_layout())
     for problem in problems:
         print(problem)
     return 1 if problems else 0
