@@ -157,6 +157,8 @@ class JobConfig(BaseModel):
         """The files a run reads and writes: the input exists, and nothing overwrites it."""
         if not self.input.is_file():
             raise ConfigError(f"input file {self.input} does not exist")
+        if self.output_path.is_dir():
+            raise ConfigError(f"the output {self.output_path} is a folder: --output names a file")
         if self.output_path.resolve() == self.input.resolve():
             raise ConfigError(f"the output would overwrite the input {self.input}: change --output")
         if self.errors_file and self.errors_file.resolve() in (
