@@ -248,6 +248,8 @@ def load_config(
     for values, source in ((file_values, file_name), (env_values, "environment"), (flags, "")):
         for key, value in values.items():
             if key == "options":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"options (from {source or '--option'}) must be a table")
                 value = {**merged.get("options", DEFAULT_OPTIONS), **value}
             if key == "headers":
                 value = merge_headers(merged.get("headers", {}), value, source or "--header")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import socket
 from collections.abc import Iterable, Iterator
@@ -11,9 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from batch.cli import main
 from batch.testing import FakeOllama
+
+# Property tests (tests/test_hostile_props.py): a few examples each by default, so the suite
+# stays fast; HYPOTHESIS_PROFILE=deep runs many more.
+settings.register_profile(
+    "fast", max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("deep", settings.get_profile("fast"), max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 # Retries wait next to nothing in tests: the backoff is not what they check.
 FAST_RETRIES = ("--backoff", "0.01", "--backoff-max", "0.05")

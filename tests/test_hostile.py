@@ -293,6 +293,19 @@ async def test_a_full_disk_stops_the_run_and_the_rerun_completes_every_row(
     assert rerun.rows.skipped == kept.count(b"\n")
 
 
+async def test_an_error_in_any_task_is_one_fatal_error_not_a_group(
+    tmp_path: Path, schema_file: Path
+) -> None:
+    def broken(path: Path) -> io.FileIO:
+        raise RuntimeError("the opener broke")
+
+    write_rows(tmp_path / "in.jsonl", 3)
+    config = config_for(tmp_path, schema_file)
+    with pytest.raises(FatalRunError, match="unexpected error in the writer: RuntimeError"):
+        await run_job(config, backends=[TestBackend()], opener=broken)
+    assert "the opener broke" in json.loads(config.summary_path.read_text())["fatal"]
+
+
 @pytest.mark.parametrize(
     ("output", "says"),
     [("a-file/in.out.jsonl", "cannot write"), ("a-folder", "is a folder")],
