@@ -144,7 +144,12 @@ def _load_json_schema(path: Path) -> JsonSchemaFile:
 
 def compile_json_schema(schema: JsonSchema) -> JsonSchemaFile:
     """A validator for `schema`; raises `jsonschema.SchemaError` when it is no valid schema."""
-    validator_class = jsonschema.validators.validator_for(schema)
+    if "$schema" not in schema:
+        validator_class = jsonschema.validators.validator_for(schema)
+    elif not isinstance(draft := schema["$schema"], str) or not (
+        validator_class := jsonschema.validators.validator_for(schema, default=None)  # type: ignore[arg-type]
+    ):  # jsonschema would warn and use its latest draft; say so once, before the run
+        raise jsonschema.SchemaError(f"$schema {draft!r} names no JSON Schema draft known here")
     # The format checker also compiles each `pattern`: a bad regex fails here, not per reply.
     checker = validator_class.FORMAT_CHECKER
     validator_class.check_schema(schema, format_checker=checker)  # type: ignore[call-arg]

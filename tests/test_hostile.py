@@ -406,3 +406,14 @@ def test_cli_main_never_raises_an_exception_group(
     code = main([*argv, "--host", "http://127.0.0.1:9", "--max-attempts", "1"])
     assert code in (1, 2)
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schema", [{"$schema": None}, {"$schema": "x"}, {"pattern": "["}])
+def test_a_schema_jsonschema_cannot_use_is_refused_before_the_run(
+    tmp_path: Path, schema: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    path = write_rows(tmp_path / "in.jsonl", 1)
+    assert run_cli(path, "http://127.0.0.1:9", model=MODEL) == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert "is not a valid JSON Schema" in error
