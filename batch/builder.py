@@ -16,6 +16,13 @@ import pydantic_core
 from batch.errors import BadInput, ConfigError
 from batch.formats.native_in import native_request
 from batch.formats.openai_in import is_openai_request, openai_request
+from batch.jsontext import (
+    Unreadable,
+    has_lone_surrogate,
+    loads,
+    may_hold_lone_surrogates,
+    without_lone_surrogates,
+)
 from batch.rows import Row, RowDefaults, RowId
 
 NATIVE, OPENAI = "native", "OpenAI Batch"
@@ -58,9 +65,9 @@ class RowBuilder:
         """A line's own id, read without building its request (resume skips most lines); None
         when the line has no usable id of its own. The file's first line still sets its kind."""
         try:
-            data = pydantic_core.from_json(raw)  # a few times faster than json.loads
-        except ValueError:  # not JSON, or not UTF-8
-            return None
+            data: Any = pydantic_core.from_json(raw)  # a few times faster than json.loads
+        except ValueError:  # not JSON, not UTF-8, too deep, a lone surrogate: read as `build`
+            data = _object(line, raw)
         if not isinstance(data, dict):
             return None
         openai = is_openai_request(data)
@@ -83,17 +90,35 @@ class RowBuilder:
 
 def _object(line: int, raw: bytes) -> dict[str, Any] | BadInput:
     try:
-        text = raw.decode("utf-8")
+        # A byte-order mark starts any line of files joined with `cat`: read past it.
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         return BadInput(f"line {line} is not valid UTF-8 (byte {exc.start}): re-encode it")
     try:
-        data = json.loads(text)
+        data = loads(text, finite=False)  # NaN in a row's data never reaches the output
     except json.JSONDecodeError as exc:
         return BadInput(f"line {line} is not valid JSON: {exc.msg} (column {exc.colno})")
+    except Unreadable as exc:
+        return BadInput(f"line {line} {exc}")
     if not isinstance(data, dict):
         kind = type(data).__name__.replace("dict", "object").replace("list", "array")
         return BadInput(f"line {line} is a JSON {kind}, not an object")
+    if may_hold_lone_surrogates(raw):
+        return _sendable(line, data)
     return data
+
+
+def _sendable(line: int, data: dict[str, Any]) -> dict[str, Any] | BadInput:
+    """Lone surrogates cannot be sent (nor written): in text they become U+FFFD; an id that
+    holds one is refused, since an id is written back as it was read, to join on."""
+    for key in ("id", "custom_id"):
+        if isinstance(value := data.get(key), str) and has_lone_surrogate(value):
+            return BadInput(
+                f"line {line}: its {key} {value!a} holds a lone UTF-16 surrogate, which is "
+                "not Unicode text: fix the id in the input"
+            )
+    fixed: dict[str, Any] = without_lone_surrogates(data)
+    return fixed
 
 
 def _article(kind: str) -> str:

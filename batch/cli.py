@@ -278,12 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BatchError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
-    except BaseExceptionGroup as group:  # raised from inside the run's task groups
-        expected, unexpected = group.split((BatchError, OSError))
-        if unexpected is not None or expected is None:
-            raise
-        for leaf in _leaves(expected):
-            log.error("%s", leaf)
+    except Exception as exc:  # the run turns its tasks' errors into one; this is a last guard
+        log.error("%s", _one_message(exc))
+        log.debug("the traceback", exc_info=exc)
         return EXIT_FATAL
     sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
     if summary.stopped_by:
@@ -291,11 +288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_ROWS_FAILED if summary.rows.error else EXIT_OK
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves
+def _one_message(exc: Exception) -> str:
+    """One line for an error that escaped the run: an exception group's first leaf (a group
+    says only how many errors it holds), and a bug named as one."""
+    from batch.errors import BatchError
+
+    while isinstance(exc, ExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, BatchError | OSError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (a bug: run with -v for the traceback)"
 
 
 def _configure_logging(verbose: bool, *, quiet: bool) -> None:

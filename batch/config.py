@@ -167,6 +167,8 @@ class JobConfig(BaseModel):
         """The files a run reads and writes: the input exists, and nothing overwrites it."""
         if not self.input.is_file():
             raise ConfigError(f"input file {self.input} does not exist")
+        if self.output_path.is_dir():
+            raise ConfigError(f"the output {self.output_path} is a folder: --output names a file")
         if self.output_path.resolve() == self.input.resolve():
             raise ConfigError(f"the output would overwrite the input {self.input}: change --output")
         if self.errors_file and self.errors_file.resolve() in (
@@ -283,6 +285,8 @@ def load_config(
     for values, source in ((file_values, file_name), (env_values, "environment"), (flags, "")):
         for key, value in values.items():
             if key == "options":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"options (from {source or '--option'}) must be a table")
                 value = {**merged.get("options", DEFAULT_OPTIONS), **value}
             if key == "headers":
                 value = merge_headers(merged.get("headers", {}), value, source or "--header")

@@ -10,7 +10,9 @@ BatchError
     │   ├── Transient .. the transport or server hiccuped: back off, then resend
     │   └── InvalidOutput  the model answered, but not usably: re-ask at once with the reason
     ├── Rejected ....... the server refused this request for good (e.g. HTTP 400)
-    └── PromptTruncated  the prompt did not fit the model's context: refused, or cut
+    ├── PromptTruncated  the prompt did not fit the model's context: refused, or cut
+    ├── SchemaUnusable . the schema cannot check a reply (e.g. a $ref to nowhere)
+    └── Unexpected ..... an exception nothing above names (a bug): that row fails, not the run
 """
 
 from __future__ import annotations
@@ -98,3 +100,16 @@ class PromptTruncated(RowFailure):
     again."""
 
     kind = "prompt_truncated"
+
+
+class SchemaUnusable(RowFailure):
+    """The schema raised while checking a reply: asking again would not help."""
+
+    kind = "schema"
+
+
+class Unexpected(RowFailure):
+    """An exception no other class names: a bug in batch or below it. Its row fails with the
+    exception's type and message; the run goes on."""
+
+    kind = "internal"

@@ -20,16 +20,21 @@ from tenacity import (
 from batch.backends.base import Backend, ChatRequest, Completion, bounded_echo
 from batch.errors import (
     BadInput,
+    BatchError,
     InvalidOutput,
     PromptTruncated,
     Retryable,
     RowFailure,
+    Unexpected,
 )
 from batch.images import attach_images, has_images
+from batch.jsontext import MAX_REPLY_CHARS
 from batch.rows import Row, RowResult
 from batch.schema import OutputSchema
 
 log = logging.getLogger(__name__)
+
+RAW_KEPT = 1000  # of a reply over the size cap: its start is kept, and shown to the re-ask
 
 
 class RetryPolicy:
@@ -77,6 +82,13 @@ class Labeller:
                 await self._retry(row, base, first, result, schema)
         except RowFailure as failure:
             result.failure = failure
+        except BatchError:  # the run's trouble (fatal, config), not this row's
+            raise
+        except Exception as exc:  # a bug below us must not end the run: this row fails
+            log.debug("line %d: unexpected error", row.line, exc_info=exc)
+            result.failure = Unexpected(
+                f"unexpected {type(exc).__name__}: {exc} (a bug: run with -v for the traceback)"
+            )
         result.elapsed_s = time.monotonic() - started
         return result
 
@@ -141,6 +153,7 @@ class Labeller:
         result.durations_ns = _summed(result.durations_ns, completion)
         result.content = completion.content
         result.logprobs = completion.logprobs
+        _check_size(completion.content)
         _check_prompt_fitted(completion)
         if schema is None:
             return completion.content
@@ -153,6 +166,17 @@ class Labeller:
                 feedback="Your reply was cut off. Reply again with a shorter JSON object.",
             )
         return schema.validate(completion.content)
+
+
+def _check_size(content: str) -> None:
+    if len(content) > MAX_REPLY_CHARS:
+        raise InvalidOutput(
+            "validation",
+            f"the reply is {len(content):,} characters long, over the cap of "
+            f"{MAX_REPLY_CHARS:,}: only its start is kept",
+            raw=content[:RAW_KEPT],
+            feedback="Your reply was far too long. Reply again, briefly, with only the answer.",
+        )
 
 
 def _check_prompt_fitted(completion: Completion) -> None:

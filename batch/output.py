@@ -8,16 +8,17 @@ through a temporary file and an atomic rename, so a kill during compaction loses
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
-import aiofiles
-import aiofiles.os
 import anyio
-from aiofiles.threadpool.binary import AsyncFileIO
 
+from batch.errors import FatalRunError
 from batch.idset import IdSet
 from batch.reader import LineCountGuess
 from batch.records import RecordCodec
@@ -47,7 +48,13 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
             if key is None or not done.add(key):
                 dropped.append(number)
     if dropped:
-        _leave_out(path, dropped)
+        try:
+            _leave_out(path, dropped)
+        except OSError as exc:
+            raise FatalRunError(
+                f"cannot compact {path} before resuming: {exc.strerror or exc}; the file is "
+                "unchanged: free space (or fix the folder), then rerun the same command"
+            ) from None
     log.info("resuming %s: %d rows done, %d dropped to run again", path, len(done), len(dropped))
     return done
 
@@ -58,24 +65,48 @@ def _leave_out(path: Path, dropped: array[int]) -> None:
     scratch = path.with_name(path.name + ".resume-tmp")
     skip = iter(dropped)
     next_skip = next(skip, 0)
-    with path.open("rb") as source, scratch.open("wb") as target:
-        for number, raw in enumerate(source, start=1):
-            if number == next_skip:
-                next_skip = next(skip, 0)
-            else:
-                target.write(raw)
-    os.replace(scratch, path)
+    try:
+        with path.open("rb") as source, scratch.open("wb") as target:
+            for number, raw in enumerate(source, start=1):
+                if number == next_skip:
+                    next_skip = next(skip, 0)
+                else:
+                    target.write(raw)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)  # after a failure (a full disk): no half copy left
+
+
+Opener = Callable[[Path], io.RawIOBase]  # the seam a test uses for a disk that fills
+
+
+def open_append(path: Path) -> io.RawIOBase:
+    return open(path, "ab", buffering=0)
+
+
+class WriteFailed(Exception):
+    """The file at `path` could not be opened, written or made durable: `error` says why;
+    `lines` whole lines of it are on disk from this run."""
+
+    def __init__(self, path: Path, error: OSError, lines: int) -> None:
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path = path
+        self.error = error
+        self.lines = lines
 
 
 class OutputWriter:
-    """The only owner of the output file. Appends whole lines; fsyncs on close.
+    """The only owner of the output file. Appends whole lines; fsyncs on close. Any OSError
+    (a full disk, a read-only or vanished folder, no permission) comes out as `WriteFailed`.
 
     `lazy`: the file is created by the first line written, not before (an errors file)."""
 
-    def __init__(self, path: Path, *, lazy: bool = False) -> None:
+    def __init__(self, path: Path, *, lazy: bool = False, opener: Opener = open_append) -> None:
         self._path = path
         self._lazy = lazy
-        self._file: AsyncFileIO | None = None
+        self._opener = opener
+        self._file: io.RawIOBase | None = None
+        self.lines = 0  # whole lines written by this writer
 
     async def __aenter__(self) -> OutputWriter:
         if not self._lazy:
@@ -83,22 +114,49 @@ class OutputWriter:
         return self
 
     async def _open(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._open_now)
+        except OSError as exc:
+            raise WriteFailed(self._path, exc, self.lines) from None
+
+    def _open_now(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = await aiofiles.open(self._path, "ab", buffering=0)
+        self._file = self._opener(self._path)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._file is not None:
             with anyio.CancelScope(shield=True):  # what was written is made durable, always
-                await aiofiles.os.wrap(os.fsync)(self._file.fileno())
-                await self._file.close()
+                try:
+                    await anyio.to_thread.run_sync(self._close)
+                except OSError as exc:
+                    if exc_info[0] is None:  # else the first failure is the one to report
+                        raise WriteFailed(self._path, exc, self.lines) from None
+
+    def _close(self) -> None:
+        assert self._file is not None
+        try:
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
 
     async def write(self, lines: list[bytes]) -> None:
         if not lines:
             return
         if self._file is None and self._lazy:
             await self._open()
+        try:
+            await anyio.to_thread.run_sync(self._write, b"".join(lines))
+        except OSError as exc:
+            raise WriteFailed(self._path, exc, self.lines) from None
+
+    def _write(self, data: bytes) -> None:
         assert self._file is not None, "use OutputWriter as an async context manager"
-        data = memoryview(b"".join(lines))
-        while data:  # an unbuffered write may be short
-            written = await self._file.write(data)
-            data = data[written or 0 :]
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):  # an unbuffered write may be short
+                written = self._file.write(view[done:])
+                if not written:
+                    raise OSError(errno.EIO, "the write made no progress")
+                done += written
+        finally:
+            self.lines += data.count(b"\n", 0, done)

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,10 +26,12 @@ from batch.builder import RowBuilder
 from batch.confidence import AskingLogprobs
 from batch.config import JobConfig
 from batch.errors import BatchError, FatalRunError
+from batch.idset import IdSet
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy
-from batch.labels import open_label_watch
-from batch.output import prepare_output
+from batch.labels import LabelWatch, open_label_watch
+from batch.output import Opener, open_append, prepare_output
+from batch.pool import HostPool
 from batch.progress import show_progress
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow, sort_by_line
@@ -49,13 +52,14 @@ async def run_job(
     backends: Sequence[Backend] | None = None,
     handle_signals: bool = False,
     show: bool = False,
+    opener: Opener = open_append,
 ) -> RunSummary:
     """Run `config` to the end (or to a signal) and write its summary.
 
     Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
     on; a row's failure is an error line in the output, never raised. `backends` serve in place
     of the configured hosts (a test double, `batch.testing.TestBackend`); `handle_signals` and
-    `show` are for the CLI.
+    `show` are for the CLI; `opener` opens the output files (a test's disk that fills).
     """
     config.check_paths()
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
@@ -70,33 +74,12 @@ async def run_job(
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     pool = open_pool(config, backends)
     watch = await open_label_watch(config)
-    window = ReorderWindow[Item]() if config.ordered else None
-    builder = RowBuilder(row_defaults(config, schema))
-    run = _Run(
-        source=RowSource(
-            config.input, builder, done, stats, shard=config.shard_spec, window=window
-        ),
-        labeller=Labeller(
-            AskingLogprobs(pool) if config.asks_logprobs else pool,
-            RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
-        ),
-        sink=ResultSink(
-            config.output_path, codec, stats, watch, errors_file=config.errors_file, window=window
-        ),
-        slots=pool.capacity,
-        grace_period=config.grace_period,
-        window=window,
-    )
+    run = _assemble(config, stats, codec, done, schema, pool, watch, opener)
     log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
     if config.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.shard)
     try:
-        shards = config.shard_spec.count if config.shard_spec else 1
-        progress: Progress | None = None
-        if show:
-            progress = partial(
-                show_progress, stats, config.input, config.log_every, pool.hosts, shards
-            )
+        progress = _progress(config, stats, pool) if show else None
         await run.execute(handle_signals=handle_signals, progress=progress)
         if config.ordered and resumed:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
@@ -115,10 +98,67 @@ async def run_job(
             host_report=pool.report(),
             shard=config.shard,
         ).model_copy(update=watch.summary_fields())
-        await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
-    if run.fatal is not None:
-        raise run.fatal
+        unwritten = await _write_summary(config.summary_path, summary)
+    return _outcome(summary, run.fatal, unwritten)
+
+
+def _assemble(
+    config: JobConfig,
+    stats: RunStats,
+    codec: RecordCodec,
+    done: IdSet,
+    schema: OutputSchema | None,
+    pool: HostPool,
+    watch: LabelWatch,
+    opener: Opener,
+) -> _Run:
+    """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
+    window = ReorderWindow[Item]() if config.ordered else None
+    builder = RowBuilder(row_defaults(config, schema))
+    return _Run(
+        source=RowSource(
+            config.input, builder, done, stats, shard=config.shard_spec, window=window
+        ),
+        labeller=Labeller(
+            AskingLogprobs(pool) if config.asks_logprobs else pool,
+            RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
+        ),
+        sink=ResultSink(
+            config.output_path,
+            codec,
+            stats,
+            watch,
+            errors_file=config.errors_file,
+            window=window,
+            opener=opener,
+        ),
+        slots=pool.capacity,
+        grace_period=config.grace_period,
+        window=window,
+    )
+
+
+def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
+    shards = config.shard_spec.count if config.shard_spec else 1
+    return partial(show_progress, stats, config.input, config.log_every, pool.hosts, shards)
+
+
+def _outcome(summary: RunSummary, fatal: BatchError | None, unwritten: str | None) -> RunSummary:
+    """The summary; else the run's fatal error, saying too that the summary was not written."""
+    if fatal is not None:
+        raise FatalRunError(f"{fatal}. {unwritten}") if unwritten else fatal
+    if unwritten:
+        raise FatalRunError(f"every row was written, but {unwritten}")
     return summary
+
+
+async def _write_summary(path: Path, summary: RunSummary) -> str | None:
+    """Writes the summary; None, or why it could not be (the disk that stopped the run)."""
+    try:
+        await anyio.to_thread.run_sync(write_summary, path, summary)
+    except OSError as exc:
+        return f"the summary could not be written to {path}: {exc.strerror or exc}"
+    return None
 
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
@@ -162,7 +202,7 @@ class _Run:
             max(labellers, WRITE_BATCH)
         )
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self.sink.drain, results_receive)
+            outer.start_soon(self._write, results_receive)
             watchers = anyio.CancelScope()
             outer.start_soon(self._watch, watchers, handle_signals, progress)
             with self.work:
@@ -180,16 +220,44 @@ class _Run:
                 if handle_signals:
                     tg.start_soon(self._on_signals)
                 if progress is not None:
-                    tg.start_soon(progress)
+                    tg.start_soon(self._show, progress)
+
+    async def _show(self, progress: Progress) -> None:
+        try:
+            await progress()
+        except Exception as exc:  # a display that fails must not stop the run
+            log.warning("progress display stopped: %s: %s", type(exc).__name__, exc)
+
+    def _fail(self, exc: Exception, task: str, *, cancel: bool = True) -> None:
+        """Any task's failure ends as one fatal error for run_job to raise, never as an
+        exception group; `cancel`: stop in-flight rows too, not only the taking of new ones."""
+        if not isinstance(exc, BatchError):
+            log.debug("unexpected error in the %s", task, exc_info=exc)
+            exc = FatalRunError(
+                f"unexpected error in the {task}: {type(exc).__name__}: {exc} "
+                "(a bug: run with -v for the traceback)"
+            )
+        self.fatal = self.fatal or exc
+        self.stop()
+        if cancel:
+            self.work.cancel()
+
+    async def _write(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
+        try:
+            await self.sink.drain(results)
+        except Exception as exc:  # a full disk: nothing more can be written
+            self._fail(exc, "writer")
 
     async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
         try:
             await self.source.feed(send, self.stopping)
         except anyio.BrokenResourceError:
             pass  # every labeller has stopped (a signal): nothing left to feed
-        except BatchError as exc:  # e.g. a row with no model and no --model
-            self.fatal = exc
-            self.stop()
+        except OSError as exc:  # rows read so far still finish
+            reason = FatalRunError(f"cannot read the input: {exc}")
+            self._fail(reason, "reader", cancel=False)
+        except Exception as exc:  # e.g. a row with no model and no --model
+            self._fail(exc, "reader", cancel=False)
 
     async def _label(
         self, rows: MemoryObjectReceiveStream[Row], results: MemoryObjectSendStream[RowResult]
@@ -200,13 +268,14 @@ class _Run:
                     return
                 try:
                     result = await self.labeller.label(row)
-                except FatalRunError as exc:
-                    self.fatal = self.fatal or exc
-                    self.stop()
-                    self.work.cancel()
+                except Exception as exc:  # FatalRunError; a row's own trouble is its result
+                    self._fail(exc, "labeller")
                     return
-                with anyio.CancelScope(shield=True):  # a finished row is never dropped
-                    await results.send(result)
+                try:
+                    with anyio.CancelScope(shield=True):  # a finished row is never dropped
+                        await results.send(result)
+                except anyio.BrokenResourceError:
+                    return  # the writer stopped (a full disk): it reported why
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

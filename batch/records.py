@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from batch.errors import ConfigError
+from batch.errors import ConfigError, InvalidOutput
+from batch.jsontext import dumps_line
 from batch.rows import RowResult, id_key
 
 OutputFormat = Literal["native", "openai"]
@@ -33,7 +34,8 @@ EXTRAS = "batch"  # the OpenAI line's key for the native record
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    """Standard JSON only (see `batch.jsontext.dumps_line`)."""
+    return dumps_line(record)
 
 
 def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def read_native(raw: bytes) -> tuple[dict[str, Any], OutputFormat] | None:
         return None
     try:
         record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep for a record of ours
         return None
     return native_view(record) if isinstance(record, dict) else None
 
@@ -147,6 +149,21 @@ class RecordCodec:
         self._tail = f',"config":"{fingerprint}"}}\n'.encode()
 
     def encode(self, result: RowResult) -> bytes:
+        try:
+            return self._encode(result)
+        except (ValueError, RecursionError) as exc:
+            # A value JSON cannot carry (NaN from a custom validator): the row fails, and the
+            # file stays JSON. Replies are checked before this; it is the last guard.
+            result.output = None
+            result.failure = InvalidOutput(
+                "validation",
+                f"the result cannot be written as JSON ({exc}), so it was not kept",
+                raw=result.content or "",
+                feedback="",
+            )
+            return self._encode(result)
+
+    def _encode(self, result: RowResult) -> bytes:
         if self.output_format == "openai":
             return encode_line(openai_record(result, self.fingerprint))
         return encode_line(native_record(result, self.fingerprint))

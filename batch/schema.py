@@ -14,7 +14,8 @@ from typing import Any, Protocol
 import jsonschema
 import pydantic
 
-from batch.errors import ConfigError, InvalidOutput
+from batch.errors import ConfigError, InvalidOutput, SchemaUnusable
+from batch.jsontext import Unreadable, loads
 
 JsonSchema = dict[str, Any]
 
@@ -51,7 +52,15 @@ class JsonSchemaFile:
 
     def validate(self, content: str) -> Any:
         value = parse_json(content)
-        errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        except RecursionError:  # a recursive schema walked deeper than Python's stack
+            raise schema_violation(content, "(root): nested too deeply to check") from None
+        except Exception as exc:  # e.g. a $ref that resolves nowhere
+            raise SchemaUnusable(
+                f"the schema cannot be applied to the reply: {type(exc).__name__}: {exc}",
+                raw=content,
+            ) from None
         if errors:
             problems = "; ".join(
                 f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
@@ -71,13 +80,17 @@ def parse_json(content: str) -> Any:
             feedback="Reply with the bare JSON object only: no markdown fence, no other text.",
         )
     try:
-        return json.loads(text)
+        return loads(text, finite=True)
     except json.JSONDecodeError as exc:
         raise InvalidOutput(
             "validation",
             f"the reply is not JSON ({exc.msg} at char {exc.pos})",
             raw=content,
             feedback="That was not JSON. Reply with only a JSON object that matches the schema.",
+        ) from None
+    except Unreadable as exc:  # too deep, NaN or Infinity, a number out of range
+        raise InvalidOutput(
+            "validation", f"the reply {exc}", raw=content, feedback=exc.feedback
         ) from None
 
 
@@ -114,10 +127,12 @@ def load_schema(ref: str) -> OutputSchema:
 
 def _load_json_schema(path: Path) -> JsonSchemaFile:
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = loads(path.read_text(encoding="utf-8"), finite=True)
     except FileNotFoundError:
         raise ConfigError(f"schema file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except Unreadable as exc:  # too deep, NaN
+        raise ConfigError(f"schema file {path} {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"schema file {path} is not valid JSON: {exc}") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"schema file {path} must hold a JSON object (a JSON Schema)")
@@ -129,8 +144,15 @@ def _load_json_schema(path: Path) -> JsonSchemaFile:
 
 def compile_json_schema(schema: JsonSchema) -> JsonSchemaFile:
     """A validator for `schema`; raises `jsonschema.SchemaError` when it is no valid schema."""
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
+    if "$schema" not in schema:
+        validator_class = jsonschema.validators.validator_for(schema)
+    elif not isinstance(draft := schema["$schema"], str) or not (
+        validator_class := jsonschema.validators.validator_for(schema, default=None)  # type: ignore[arg-type]
+    ):  # jsonschema would warn and use its latest draft; say so once, before the run
+        raise jsonschema.SchemaError(f"$schema {draft!r} names no JSON Schema draft known here")
+    # The format checker also compiles each `pattern`: a bad regex fails here, not per reply.
+    checker = validator_class.FORMAT_CHECKER
+    validator_class.check_schema(schema, format_checker=checker)  # type: ignore[call-arg]
     return JsonSchemaFile(schema, validator_class(schema))
 
 

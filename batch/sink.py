@@ -13,8 +13,9 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batch.errors import FatalRunError
 from batch.labels import LabelWatch
-from batch.output import OutputWriter
+from batch.output import Opener, OutputWriter, WriteFailed, open_append
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow
 from batch.rows import RowResult
@@ -38,23 +39,39 @@ class ResultSink:
         *,
         errors_file: Path | None = None,
         window: ReorderWindow[Item] | None = None,
+        opener: Opener = open_append,
     ) -> None:
-        self._output = output
-        self._errors_file = errors_file
         self._codec = codec
         self._stats = stats
         self._window = window
         self._watch = watch or LabelWatch(logprobs=False, review_below=None, review_file=None)
+        self._output = OutputWriter(output, opener=opener)
+        self._errors = self._output
+        if errors_file is not None:
+            self._errors = OutputWriter(errors_file, lazy=True, opener=opener)
 
     async def drain(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
-        """Write every result that arrives, until the stream ends."""
+        """Write every result that arrives, until the stream ends. Raises `FatalRunError` when
+        a file cannot be written (a full disk, a read-only folder): nothing more could be."""
+        try:
+            await self._drain(results)
+        except WriteFailed as failed:
+            kept = self._output.lines + (
+                self._errors.lines if self._errors is not self._output else 0
+            )
+            raise FatalRunError(
+                f"{failed}. The run stopped; the {kept} rows it wrote are kept (and any done "
+                "before); a line cut short is dropped on the next run. Free space or fix the "
+                "folder, then rerun the same command to label the rest"
+            ) from None
+
+    async def _drain(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(results)
-            output = await stack.enter_async_context(OutputWriter(self._output))
+            output = await stack.enter_async_context(self._output)
             errors = output
-            if self._errors_file is not None:
-                errors_writer = OutputWriter(self._errors_file, lazy=True)
-                errors = await stack.enter_async_context(errors_writer)
+            if self._errors is not self._output:
+                errors = await stack.enter_async_context(self._errors)
             await stack.enter_async_context(self._watch)
             flushed = -FLUSH_EVERY
             async for result in results:

@@ -175,8 +175,11 @@ def build_summary(
 def write_summary(path: Path, summary: RunSummary) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(summary.as_record(), indent=2) + "\n", encoding="utf-8")
-    os.replace(scratch, path)
+    try:
+        scratch.write_text(json.dumps(summary.as_record(), indent=2) + "\n", encoding="utf-8")
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)  # after a failure (a full disk): no half copy left
 
 
 def human_summary(summary: RunSummary, summary_path: Path) -> str:

@@ -3,18 +3,72 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from batch.cli import main
 from batch.testing import FakeOllama
 
+# Property tests (tests/test_hostile_props.py): a few examples each by default, so the suite
+# stays fast; HYPOTHESIS_PROFILE=deep runs many more.
+settings.register_profile(
+    "fast", max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("deep", settings.get_profile("fast"), max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
 # Retries wait next to nothing in tests: the backoff is not what they check.
 FAST_RETRIES = ("--backoff", "0.01", "--backoff-max", "0.05")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@pytest.fixture(autouse=True)
+def _outputs_are_strict_json(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every output a test leaves in its tmp_path holds standard JSON (RFC 8259) and nothing
+    else: checked after each test, so a writer that lets NaN, bad UTF-8 or a lone surrogate
+    through fails the test that made it. Tests that need no tmp_path cost nothing here."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")  # set up first, torn down after
+    yield
+    for path in tmp_path.rglob("*.jsonl"):
+        if path.name.endswith((".out.jsonl", "errors.jsonl")):
+            assert_strict_jsonl(path)
+
+
+def assert_strict_jsonl(path: Path) -> None:
+    """Each whole line of `path` is strict JSON; a last line cut short (a kill) is allowed."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines[:-1], start=1):
+        assert_strict_json(raw, f"{path.name} line {number}")
+
+
+def assert_strict_json(raw: bytes, where: str) -> Any:
+    """`raw` parsed as RFC 8259 JSON: UTF-8, no NaN or Infinity, no lone surrogate."""
+    text = raw.decode("utf-8")  # strict: bad UTF-8 raises
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{where} holds {constant}, which is not JSON: {text[:200]}")
+
+    def finite(number: str) -> float:
+        if not math.isfinite(value := float(number)):
+            refuse(number)
+        return value
+
+    value = json.loads(text, parse_constant=refuse, parse_float=finite)
+    if "\\u" in text:  # an escape might spell a lone surrogate; read the decoded text
+        assert not LONE_SURROGATE.search(json.dumps(value, ensure_ascii=False)), where
+    return value
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ run chose the keep-alive itself, the model is handed back at the end (handback.p
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -247,8 +246,10 @@ class OllamaBackend:
                 "disconnect",
                 self._redact(f"{self._name} dropped the connection: {exc or type(exc).__name__}"),
             ) from None
-        except (json.JSONDecodeError, pydantic.ValidationError, AttributeError) as exc:
+        except (ValueError, RecursionError, pydantic.ValidationError, AttributeError) as exc:
             # AttributeError: the client trips over an error body that is JSON but not an object.
+            # ValueError: a body that is not JSON, or not UTF-8 (httpx decodes it strictly);
+            # RecursionError: a body nested past Python's stack.
             raise Transient(
                 "bad_body", f"{self._name} sent an unreadable response ({type(exc).__name__})"
             ) from None
