@@ -100,7 +100,7 @@ def test_a_hung_server_times_out_and_is_retried(
 ) -> None:
     path = job(2)
     server.add_fault(Fault("hang", match="row 0", times=1))
-    assert run_cli(path, server.url, "--timeout", "0.5") == 0
+    assert run_cli(path, server.url, "--timeout", "2") == 0
     rows = output_by_id(path)
     assert rows[0]["status"] == "ok" and rows[0]["attempts"] == 2
     assert summary_of(path)["retries"]["by_cause"] == {"timeout": 1}
