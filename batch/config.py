@@ -84,6 +84,10 @@ class JobConfig(BaseModel):
     # Shards (batch/shards.py): "K/N", or N alone with K from the scheduler's environment.
     shard: str | None = None
     shards: int | None = Field(None, ge=1, le=100_000)
+    # Reruns and reuse (README "Rerun and resume"): pruning, duplicates, the shared cache.
+    prune: bool = False  # take out output rows whose id left the input
+    dedup: bool = True  # one request for identical rows
+    cache: Path | None = None  # SQLite file of accepted replies, shared across runs
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -226,9 +230,12 @@ FLAG_NAMES = {
     "think": "--think",
     "shard": "--shard",
     "shards": "--shards",
+    "prune": "--prune",
+    "dedup": "--no-dedup",
+    "cache": "--cache",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle")
+PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle", "cache")
 
 
 def load_config(

@@ -48,6 +48,8 @@ class Row:
     failure: BadInput | None = None
     has_id: bool = True  # False when the line could not be read far enough to know its id
     seq: int = 0  # the row's place among the rows sent this run, for ordered output
+    digest: str = ""  # of its input line and images (batch.digest); "" until the source sets it
+    images: tuple[bytes, ...] = ()  # digests of the images it names, for its request key
 
 
 @dataclass(slots=True)
@@ -63,3 +65,5 @@ class RowResult:
     durations_ns: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     content: str | None = None  # the accepted reply as the model wrote it
+    same_as: RowId | None = None  # a copy of this row's result: the request was the same
+    cached: bool = False  # taken from the --cache file, not asked
