@@ -211,12 +211,14 @@ def _add_merge(commands: Any) -> None:
 def _merge(args: argparse.Namespace) -> int:
     from batch.config import JobConfig
     from batch.errors import BatchError
+    from batch.lock import hold_outputs
     from batch.merge import merge_shards, shard_outputs_beside
 
     plain = JobConfig(input=args.input, output=args.output)
     outputs = args.shards or shard_outputs_beside(args.input)
-    try:
-        report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
+    try:  # the shards' outputs too: a live shard is still writing its own
+        with hold_outputs([plain.output_path, *outputs]):
+            report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
     except (BatchError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
