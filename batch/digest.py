@@ -36,8 +36,40 @@ def short(digest: str | bytes) -> int:
 
 
 def may_name_images(raw: bytes) -> bool:
-    """False when the line surely names no image: most lines are settled without building."""
-    return b"images" in raw or b"image_url" in raw
+    """False when the line surely names no image (`images`, `image_url`): most lines are
+    settled without building their request."""
+    return b"image" in raw
+
+
+def short_of_line(raw: bytes) -> int:
+    """`short(input_digest(raw))` for a line that names no image, at a third of the cost:
+    resume computes it for every done row."""
+    digest = hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=8).digest()
+    return int.from_bytes(digest[4:]) or 1
+
+
+def id_at_a_glance(raw: bytes) -> int | str | None:
+    """The id of a line that starts `{"id": 12,` or `{"id": "r12",` (nothing escaped), read
+    without parsing the line; None for any other line. Only for a resume check that then
+    compares the whole line's digest: a line equal to one labelled before parses the same."""
+    if raw.startswith(b'{"id": '):
+        start = 7
+    elif raw.startswith(b'{"id":'):
+        start = 6
+    else:
+        return None
+    end = raw.find(b",", start)
+    token = raw[start:end]
+    if token.isdigit() and token[:1] != b"0":
+        return int(token)
+    if len(token) > 1 and token[:1] == token[-1:] == b'"' and b"\\" not in token:
+        inner = token[1:-1]
+        if b'"' not in inner:
+            try:
+                return inner.decode()
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 def image_digests(request: ChatRequest) -> tuple[bytes, ...]:

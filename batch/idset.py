@@ -52,16 +52,34 @@ class IdSet:
         """Records `key` as done in an earlier run, with its input `digest`; False when it was
         there already (then the later line's digest is kept: it is the newer label)."""
         entry = _entry(key)
-        slot, current = self._find(entry)
-        if current != _EMPTY:
-            self._digests[slot] = digest
-            return False
+        table, size = self._table, len(self._table)
+        slot = (entry >> 1) % size
+        while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
+            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined: resume calls this a lot
         self._digests[slot] = digest
+        if current != _EMPTY:
+            return False
         self._insert(slot, entry)
         return True
 
     def was_seen(self, key: str) -> bool:
         return bool(self._find(_entry(key))[1] & _SEEN)
+
+    def sight_unchanged(self, key: str, digest: int) -> bool:
+        """Sights `key` when it was done with this input `digest` (or with none recorded);
+        False, touching nothing, otherwise. Resume's fast path."""
+        entry = _entry(key)
+        table, size = self._table, len(self._table)
+        slot = (entry >> 1) % size
+        while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
+            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined
+        if current == _EMPTY or current & _SEEN:
+            return False
+        stored = self._digests[slot]
+        if stored != digest and stored != 0:
+            return False
+        self._table[slot] = current | _SEEN
+        return True
 
     def sight(self, key: str) -> Sighting:
         """The reader met `key` in the input: is it new, done before, or a repeat?"""

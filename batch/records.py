@@ -210,7 +210,7 @@ class RecordCodec:
         token = raw[6:id_end]
         try:
             if token.isdigit():
-                return id_key(int(token)), digest
+                return "i" + token.decode(), digest  # id_key of a JSON integer, spelled alike
             if token.startswith(b'"') and b"\\" not in token:  # a string with nothing escaped
                 return id_key(token[1:-1].decode()), digest
             row_id = json.loads(token)

@@ -15,7 +15,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.builder import RowBuilder
 from batch.changes import Changes
-from batch.digest import image_digests, input_digest, may_name_images, short
+from batch.digest import (
+    id_at_a_glance,
+    image_digests,
+    input_digest,
+    may_name_images,
+    short,
+    short_of_line,
+)
 from batch.errors import BadInput
 from batch.idset import IdSet, Sighting
 from batch.images import has_images
@@ -49,6 +56,7 @@ class RowSource:
         self._seq = 0
         self.changes = changes or Changes()
         self.read_all = False  # the whole input was read: ids not met are not in it
+        self._kind_known = False  # the first line, read in full, set the file's kind of row
 
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
         """Send every row to label, until the file ends or `stopping` is set. Raises
@@ -87,6 +95,18 @@ class RowSource:
             self._changed(row)
         return True
 
+    def _unchanged(self, number: int, raw: bytes) -> bool:
+        """True for a line left out at a glance: another shard's, or done before from these
+        very bytes (the common case of a rerun, a million times over)."""
+        if may_name_images(raw) or (glanced := id_at_a_glance(raw)) is None:
+            return False
+        if self._shard is not None and not self._shard.holds_line(number, glanced):
+            return True
+        if self._ids.sight_unchanged(id_key(glanced), short_of_line(raw)):
+            self._stats.skipped += 1
+            return True
+        return False
+
     def _changed(self, row: Row) -> None:
         self._stats.changed += 1
         self.changes.mark(id_key(row.id))
@@ -94,9 +114,12 @@ class RowSource:
     def _row(self, number: int, raw: bytes) -> tuple[Row, int] | None:
         """The line's row, and the digest its earlier ok line recorded (0: none); None when
         another shard holds it or an earlier run labelled it from the same line."""
+        if self._resuming and self._kind_known and self._unchanged(number, raw):
+            return None
         given = None
         if self._shard is not None or self._resuming:
             given = self._builder.peek_id(number, raw)
+            self._kind_known = True
         if self._shard is not None and not self._shard.holds_line(number, given):
             return None  # another shard's row: not read further, not counted
         sighting = None
@@ -105,7 +128,7 @@ class RowSource:
             sighting = self._ids.sight(id_key(given))
             if sighting is Sighting.DONE:
                 before = self._ids.last_digest
-                if before == 0 or (not may_name_images(raw) and before == _short_of(raw)):
+                if before == 0 or (not may_name_images(raw) and before == short_of_line(raw)):
                     self._stats.skipped += 1  # the same input, or a line from before digests
                     return None
         row = self._builder.build(number, raw)
@@ -117,10 +140,6 @@ class RowSource:
             if sighting is Sighting.REPEAT:
                 row.request, row.failure = None, _duplicate(row)
         return row, before
-
-
-def _short_of(raw: bytes) -> int:
-    return short(input_digest(raw))
 
 
 def _duplicate(row: Row) -> BadInput:
