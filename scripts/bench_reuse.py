@@ -25,6 +25,7 @@ import bench
 from bench import Figure, Suite, note, rate, ratio, read_summary
 
 DIGEST_REFERENCE_ROWS = 10_000
+REUSE_ROWS = 100_000
 
 
 def synthesized_done(suite: Suite, rows: int) -> tuple[Path, Path]:
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="resume_digests,dedup,reuse")
     parser.add_argument("--resume-rows", type=int, default=1_000_000)
-    parser.add_argument("--reuse-rows", type=int, default=100_000)
+    parser.add_argument("--reuse-rows", type=int, default=REUSE_ROWS)
     parser.add_argument("--rows", type=int, default=bench.DEFAULTS.rows)
     args = parser.parse_args(argv)
     with bench.suite_in_tempdir("batch-bench-reuse-", args.rows, 8, (args.resume_rows,)) as suite:
