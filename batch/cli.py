@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("input", type=Path, help="the JSONL file of rows")
-    for adder in (_files, _model, _quality, _hosts, _retries, _access, _shards, _display):
+    for adder in (_files, _model, _quality, _reuse, _hosts, _retries, _access, _shards, _display):
         adder(run)
     _add_merge(commands)
+    _add_cache(commands)
     add_eval(commands)
     return parser
 
@@ -71,9 +72,21 @@ def _files(run: argparse.ArgumentParser) -> None:
         help="let rows read image files outside the input file's folder",
     )
     add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
+    add("--prune", action="store_true", help="take out output rows whose id left the input")
     group.add_argument(
         "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
     )
+
+
+def _reuse(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("reuse"))
+    add(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        help="send every row, identical requests too (for independent samples at temperature > 0)",
+    )
+    add("--cache", type=Path, metavar="FILE", help="SQLite cache of replies shared across runs")
 
 
 def _model(run: argparse.ArgumentParser) -> None:
@@ -224,12 +237,14 @@ def _add_merge(commands: Any) -> None:
 def _merge(args: argparse.Namespace) -> int:
     from batch.config import JobConfig
     from batch.errors import BatchError
+    from batch.lock import hold_outputs
     from batch.merge import merge_shards, shard_outputs_beside
 
     plain = JobConfig(input=args.input, output=args.output)
     outputs = args.shards or shard_outputs_beside(args.input)
-    try:
-        report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
+    try:  # the shards' outputs too: a live shard is still writing its own
+        with hold_outputs([plain.output_path, *outputs]):
+            report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
     except (BatchError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
@@ -242,6 +257,40 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_ROWS_FAILED if report.error else EXIT_OK
 
 
+def _add_cache(commands: Any) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="show a --cache file's entries, size and hits; prune or clear it",
+        description="Show a cache file's entries, size and hit counts; with --prune-older-than "
+        "or --clear, remove entries first.",
+    )
+    cache.add_argument("file", type=Path, help="the cache file (--cache, BATCH_CACHE)")
+    what = cache.add_mutually_exclusive_group()
+    what.add_argument(
+        "--prune-older-than", metavar="AGE", help="remove entries unused for AGE, e.g. 30d, 12h"
+    )
+    what.add_argument("--clear", action="store_true", help="remove every entry")
+    cache.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from batch.cache import cache_stats, parse_age, prune_cache
+    from batch.errors import BatchError
+
+    try:
+        if not args.file.is_file():
+            raise FileNotFoundError(f"cache file {args.file} does not exist")
+        if args.clear or args.prune_older_than:
+            age = None if args.clear else parse_age(args.prune_older_than)
+            removed = prune_cache(args.file, older_than_s=age)
+            sys.stderr.write(f"removed {removed} entries\n")
+        sys.stdout.write(cache_stats(args.file).describe(args.file) + "\n")
+    except (BatchError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    return EXIT_OK
+
+
 def _add(parser: argparse._ActionsContainer, *names: str, **kwargs: Any) -> None:
     parser.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
 
@@ -250,9 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
-    if args.command == "merge":
+    if args.command in ("merge", "cache"):
         _configure_logging(args.verbose, quiet=False)
-        return _merge(args)
+        return _merge(args) if args.command == "merge" else _cache(args)
     verbose = args.__dict__.pop("verbose")
     job_file = args.__dict__.pop("job_file")
     args.__dict__.pop("command")

@@ -89,6 +89,10 @@ class JobConfig(BaseModel):
     logprobs: bool = False
     review_below: float | None = Field(None, gt=0, le=1)
     review_file: Path | None = None  # None: OUTPUT with .review.jsonl
+    # Reruns and reuse (README "Rerun and resume"): pruning, duplicates, the shared cache.
+    prune: bool = False  # take out output rows whose id left the input
+    dedup: bool = True  # one request for identical rows
+    cache: Path | None = None  # SQLite file of accepted replies, shared across runs
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -265,9 +269,12 @@ FLAG_NAMES = {
     "logprobs": "--logprobs",
     "review_below": "--review-below",
     "review_file": "--review-file",
+    "prune": "--prune",
+    "dedup": "--no-dedup",
+    "cache": "--cache",
 }
 FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle", "review_file")
+PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle", "review_file", "cache")
 
 
 def load_config(

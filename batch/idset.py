@@ -1,10 +1,12 @@
-"""The run's row ids, about 12 bytes an id (measured), for files of millions of rows.
+"""The run's row ids, about 18 bytes an id (measured), for files of millions of rows.
 
 A Python `set` of strings costs about 100 bytes an id. This keeps only each id's 63-bit hash in
 an open-addressing table (a flat `array`), so two ids whose hashes collide count as one: about
 one chance in 10^5 on a file of ten million rows. The lowest bit of each entry says whether the
 reader has met the id in this run, so one table serves both resume (ids already done in the
-output) and duplicate detection (ids met earlier in the input).
+output) and duplicate detection (ids met earlier in the input). Beside each id, 32 bits of the
+input digest its output line recorded (0: none, a line written before digests), so that resume
+tells a changed row from a done one.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ class Sighting(enum.Enum):
 class IdSet:
     def __init__(self, expected: int = 0) -> None:
         """`expected`: how many ids are likely to come; a good guess spares a resize."""
-        self._table = array("Q", bytes(8 * _size_for(expected)))
+        size = _size_for(expected)
+        self._table = array("Q", bytes(8 * size))
+        self._digests = array("I", bytes(4 * size))
         self._count = 0
+        self.last_digest = 0  # the digest beside the id `sight` last found done
 
     def __len__(self) -> int:
         return self._count
@@ -43,13 +48,37 @@ class IdSet:
         if expected > _MAX_LOAD * len(self._table):
             self._resize(_size_for(expected))
 
-    def add(self, key: str) -> bool:
-        """Records `key` as done in an earlier run; False when it was there already."""
+    def add(self, key: str, digest: int = 0) -> bool:
+        """Records `key` as done in an earlier run, with its input `digest`; False when it was
+        there already (then the later line's digest is kept: it is the newer label)."""
         entry = _entry(key)
-        slot, current = self._find(entry)
+        table, size = self._table, len(self._table)
+        slot = (entry >> 1) % size
+        while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
+            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined: resume calls this a lot
+        self._digests[slot] = digest
         if current != _EMPTY:
             return False
         self._insert(slot, entry)
+        return True
+
+    def was_seen(self, key: str) -> bool:
+        return bool(self._find(_entry(key))[1] & _SEEN)
+
+    def sight_unchanged(self, key: str, digest: int) -> bool:
+        """Sights `key` when it was done with this input `digest` (or with none recorded);
+        False, touching nothing, otherwise. Resume's fast path."""
+        entry = _entry(key)
+        table, size = self._table, len(self._table)
+        slot = (entry >> 1) % size
+        while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
+            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined
+        if current == _EMPTY or current & _SEEN:
+            return False
+        stored = self._digests[slot]
+        if stored != digest and stored != 0:
+            return False
+        self._table[slot] = current | _SEEN
         return True
 
     def sight(self, key: str) -> Sighting:
@@ -62,6 +91,7 @@ class IdSet:
         if current & _SEEN:
             return Sighting.REPEAT
         self._table[slot] = current | _SEEN
+        self.last_digest = self._digests[slot]
         return Sighting.DONE
 
     def _find(self, entry: int) -> tuple[int, int]:
@@ -84,13 +114,15 @@ class IdSet:
 
     def _resize(self, size: int) -> None:
         old, self._table = self._table, array("Q", bytes(8 * size))
-        table = self._table
-        for entry in old:
+        old_digests, self._digests = self._digests, array("I", bytes(4 * size))
+        table, digests = self._table, self._digests
+        for entry, digest in zip(old, old_digests, strict=True):
             if entry != _EMPTY:
                 slot = (entry >> 1) % size
                 while table[slot] != _EMPTY:
                     slot = slot + 1 if slot + 1 < size else 0
                 table[slot] = entry
+                digests[slot] = digest
 
 
 def _size_for(expected: int) -> int:

@@ -37,16 +37,21 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
         return done
     glance = codec.ok_key_at_a_glance if codec.output_format == "native" else None
     dropped = array("Q")  # line numbers to leave out; usually none, so no copy is made
+    repeated: set[str] = set()  # ids with two ok lines: a run killed before it took one out
     guess = LineCountGuess(path)
     with path.open("rb") as source:
         for number, raw in enumerate(source, start=1):
             if guess.pending and (expected := guess.after(raw)):
                 done.reserve(expected)
-            key = glance(raw) if glance else None
-            if key is None:
-                key = codec.done_key(path, number, raw)
-            if key is None or not done.add(key):
+            ok = glance(raw) if glance else None
+            if ok is None:
+                ok = codec.done_key(path, number, raw)
+            if ok is None:
                 dropped.append(number)
+            elif not done.add(*ok):
+                repeated.add(ok[0])
+    if repeated:  # the later line is the newer label: keep it, drop the earlier ones
+        dropped = array("Q", sorted([*dropped, *_earlier_lines(path, codec, repeated)]))
     if dropped:
         try:
             _leave_out(path, dropped)
@@ -57,6 +62,20 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
             ) from None
     log.info("resuming %s: %d rows done, %d dropped to run again", path, len(done), len(dropped))
     return done
+
+
+def _earlier_lines(path: Path, codec: RecordCodec, repeated: set[str]) -> list[int]:
+    """The numbers of the ok lines of `repeated` ids that a later ok line of the id follows."""
+    last: dict[str, int] = {}
+    earlier: list[int] = []
+    with path.open("rb") as source:
+        for number, raw in enumerate(source, start=1):
+            ok = codec.done_key(path, number, raw)
+            if ok is not None and ok[0] in repeated:
+                if ok[0] in last:
+                    earlier.append(last[ok[0]])
+                last[ok[0]] = number
+    return earlier
 
 
 def _leave_out(path: Path, dropped: array[int]) -> None:

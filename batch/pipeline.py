@@ -23,18 +23,23 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from batch.backends.base import Backend
 from batch.backends.select import open_pool
 from batch.builder import RowBuilder
+from batch.cache import AnswerCache
+from batch.changes import finish_output
 from batch.confidence import AskingLogprobs
 from batch.config import JobConfig
+from batch.dedup import ReusingLabeller
 from batch.errors import BatchError, FatalRunError
 from batch.idset import IdSet
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy
 from batch.labels import LabelWatch, open_label_watch
+from batch.lock import hold_outputs
 from batch.output import Opener, open_append, prepare_output
 from batch.pool import HostPool
 from batch.progress import show_progress
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow, sort_by_line
+from batch.reuse import open_answer_cache, reply_salt, written_by
 from batch.rows import Row, RowDefaults, RowResult
 from batch.schema import OutputSchema, load_schema
 from batch.sink import WRITE_BATCH, Item, ResultSink
@@ -59,32 +64,53 @@ async def run_job(
     Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
     on; a row's failure is an error line in the output, never raised. `backends` serve in place
     of the configured hosts (a test double, `batch.testing.TestBackend`); `handle_signals` and
-    `show` are for the CLI; `opener` opens the output files (a test's disk that fills).
+    `show` are for the CLI; `opener` opens the output files (a test's disk that fills). Another
+    live run writing the same output is a `ConfigError`, raised before any file is touched.
     """
     config.check_paths()
+    with hold_outputs(written_by(config)):
+        cache = open_answer_cache(config.cache)
+        try:
+            return await _run_job(config, backends, handle_signals, show, cache, opener)
+        finally:
+            if cache is not None:
+                cache.close()
+
+
+async def _run_job(
+    config: JobConfig,
+    backends: Sequence[Backend] | None,
+    handle_signals: bool,
+    show: bool,
+    cache: AnswerCache | None,
+    opener: Opener,
+) -> RunSummary:
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.schema_ref) if config.schema_ref else None
     codec = RecordCodec(config.fingerprint(schema), config.output_format)
     done = await anyio.to_thread.run_sync(
         partial(prepare_output, config.output_path, codec, overwrite=config.overwrite)
     )
-    resumed = len(done) > 0  # the table fills with this run's ids from here on
+    done_before = len(done)  # the table fills with this run's ids from here on
     if (errors_file := config.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     pool = open_pool(config, backends)
     watch = await open_label_watch(config)
-    run = _assemble(config, stats, codec, done, schema, pool, watch, opener)
+    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener)
     log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
     if config.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.shard)
     try:
         progress = _progress(config, stats, pool) if show else None
         await run.execute(handle_signals=handle_signals, progress=progress)
-        if config.ordered and resumed:  # a rerun appended after the rows it kept
+        if done_before:
+            await _finish_rerun(config, codec, done, done_before, run.source, stats)
+        if config.ordered and done_before:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
+        run.labeller.close()
         summary = build_summary(
             stats,
             input_path=config.input,
@@ -110,18 +136,22 @@ def _assemble(
     schema: OutputSchema | None,
     pool: HostPool,
     watch: LabelWatch,
+    cache: AnswerCache | None,
     opener: Opener,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
     window = ReorderWindow[Item]() if config.ordered else None
     builder = RowBuilder(row_defaults(config, schema))
+    labeller = Labeller(
+        AskingLogprobs(pool) if config.asks_logprobs else pool,
+        RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
+    )
     return _Run(
         source=RowSource(
             config.input, builder, done, stats, shard=config.shard_spec, window=window
         ),
-        labeller=Labeller(
-            AskingLogprobs(pool) if config.asks_logprobs else pool,
-            RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
+        labeller=ReusingLabeller(
+            labeller, dedup=config.dedup, cache=cache, salt=reply_salt(config)
         ),
         sink=ResultSink(
             config.output_path,
@@ -161,6 +191,25 @@ async def _write_summary(path: Path, summary: RunSummary) -> str | None:
     return None
 
 
+async def _finish_rerun(
+    config: JobConfig,
+    codec: RecordCodec,
+    done: IdSet,
+    done_before: int,
+    source: RowSource,
+    stats: RunStats,
+) -> None:
+    """Counts the rows no longer in the input; takes out changed rows' old lines (and, with
+    --prune, the rows no longer in the input)."""
+    prune = config.prune and source.read_all
+    if source.read_all:  # each done id met in the input was skipped or found changed
+        stats.not_in_input = done_before - stats.skipped - stats.changed
+    if len(source.changes) or (prune and stats.not_in_input):
+        stats.pruned = await anyio.to_thread.run_sync(
+            partial(finish_output, config.output_path, codec, done, source.changes, prune=prune)
+        )
+
+
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
     return RowDefaults(
         model=config.model,
@@ -177,7 +226,7 @@ class _Run:
     """The task group: the source, the labellers and the sink, and what stops them."""
 
     source: RowSource
-    labeller: Labeller
+    labeller: ReusingLabeller
     sink: ResultSink
     slots: int
     grace_period: float

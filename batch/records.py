@@ -4,7 +4,10 @@ Native lines (one JSON object a row; keys in this order, which resume relies on)
 
     {"id": …, "line": N, "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with
      --logprobs), "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
-     "durations_ns": {…}, "elapsed_s": …, "config": "<fingerprint>"}
+     "durations_ns": {…}, "elapsed_s": …, "config": "<fingerprint>",
+     "input_digest": "<16 hex digits>"}
+
+(`same_as` or `cached` come after `usage` on rows whose result was reused.)
 
 OpenAI lines (`--output-format openai`) wrap that record as OpenAI's `BatchRequestOutput`, so
 code written to read OpenAI batch results reads ours unchanged:
@@ -25,12 +28,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.digest import DIGEST_HEX, short
 from batch.errors import ConfigError, InvalidOutput
 from batch.jsontext import dumps_line
 from batch.rows import RowResult, id_key
 
 OutputFormat = Literal["native", "openai"]
 EXTRAS = "batch"  # the OpenAI line's key for the native record
+DIGEST_KEY = "input_digest"
+Done = tuple[str, int]  # an ok line's id key, and the short input digest it recorded (0: none)
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -51,6 +57,10 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
         record["error"] = result.failure.as_record()
     record["attempts"] = result.attempts
     record["usage"] = result.usage.as_record()
+    if result.same_as is not None:
+        record["same_as"] = result.same_as
+    if result.cached:
+        record["cached"] = True
     if request is not None:
         record["model"] = request.model
     if result.host is not None:
@@ -61,6 +71,8 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
         record["durations_ns"] = result.durations_ns
     record["elapsed_s"] = round(result.elapsed_s, 3)
     record["config"] = fingerprint
+    if result.row.digest:  # last, at a fixed distance from the end: resume reads it at a glance
+        record[DIGEST_KEY] = result.row.digest
     return record
 
 
@@ -146,7 +158,8 @@ class RecordCodec:
     def __init__(self, fingerprint: str, output_format: OutputFormat = "native") -> None:
         self.fingerprint = fingerprint
         self.output_format = output_format
-        self._tail = f',"config":"{fingerprint}"}}\n'.encode()
+        self._tail = f',"config":"{fingerprint}"}}\n'.encode()  # a line written before digests
+        self._digest_tail = f',"config":"{fingerprint}","{DIGEST_KEY}":"'.encode()
 
     def encode(self, result: RowResult) -> bytes:
         try:
@@ -168,10 +181,10 @@ class RecordCodec:
             return encode_line(openai_record(result, self.fingerprint))
         return encode_line(native_record(result, self.fingerprint))
 
-    def done_key(self, path: Path, number: int, raw: bytes) -> str | None:
-        """The id key of an `ok` line; None for a row to run again (failed, or cut short by a
-        kill). Raises `ConfigError` for a line batch did not write, or wrote under other
-        settings or in the other output format."""
+    def done_key(self, path: Path, number: int, raw: bytes) -> Done | None:
+        """The id key and short input digest of an `ok` line; None for a row to run again
+        (failed, or cut short by a kill). Raises `ConfigError` for a line batch did not
+        write, or wrote under other settings or in the other output format."""
         read = read_native(raw)
         if read is None:  # a line cut short by a kill: its row runs again
             return None
@@ -192,13 +205,22 @@ class RecordCodec:
                 f"system prompt or options (line {number}): rerun with the same settings "
                 "to resume, choose another --output, or pass --overwrite to start over"
             )
-        return id_key(record["id"]) if record["status"] == "ok" else None
+        if record["status"] != "ok":
+            return None
+        digest = record.get(DIGEST_KEY)
+        return id_key(record["id"]), short(digest) if isinstance(digest, str) and digest else 0
 
-    def ok_key_at_a_glance(self, raw: bytes) -> str | None:
-        """The id key of an `ok` native line as `native_record` writes it, found without
-        parsing the whole line; None otherwise, and the line gets `done_key`'s full reading.
-        Resume reads millions of these, so it matters."""
-        if not (raw.endswith(self._tail) and raw.startswith(b'{"id":')):
+    def ok_key_at_a_glance(self, raw: bytes) -> Done | None:
+        """The id key and short digest of an `ok` native line as `native_record` writes it,
+        found without parsing the whole line; None otherwise, and the line gets `done_key`'s
+        full reading. Resume reads millions of these, so it matters."""
+        if not raw.startswith(b'{"id":'):
+            return None
+        if raw[-3:] == b'"}\n' and raw.endswith(self._digest_tail, 0, -3 - DIGEST_HEX):
+            digest = int(raw[-11:-3], 16) or 1
+        elif raw.endswith(self._tail):
+            digest = 0
+        else:
             return None
         # Inside a JSON string a quote is escaped, so the first `,"line":` ends the id.
         id_end = raw.find(b',"line":', 6)
@@ -208,10 +230,10 @@ class RecordCodec:
         token = raw[6:id_end]
         try:
             if token.isdigit():
-                return id_key(int(token))
+                return "i" + token.decode(), digest  # id_key of a JSON integer, spelled alike
             if token.startswith(b'"') and b"\\" not in token:  # a string with nothing escaped
-                return id_key(token[1:-1].decode())
+                return id_key(token[1:-1].decode()), digest
             row_id = json.loads(token)
         except ValueError:
             return None
-        return id_key(row_id) if isinstance(row_id, str | int) else None
+        return (id_key(row_id), digest) if isinstance(row_id, str | int) else None

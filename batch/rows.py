@@ -48,6 +48,8 @@ class Row:
     failure: BadInput | None = None
     has_id: bool = True  # False when the line could not be read far enough to know its id
     seq: int = 0  # the row's place among the rows sent this run, for ordered output
+    digest: str = ""  # of its input line and images (batch.digest); "" until the source sets it
+    images: tuple[bytes, ...] = ()  # digests of the images it names, for its request key
 
 
 @dataclass(slots=True)
@@ -65,3 +67,5 @@ class RowResult:
     content: str | None = None  # the accepted reply as the model wrote it
     logprobs: tuple[TokenLogprob, ...] | None = None  # its tokens', with --logprobs
     confidence: dict[str, float] | None = None  # per categorical field (batch.confidence)
+    same_as: RowId | None = None  # a copy of this row's result: the request was the same
+    cached: bool = False  # taken from the --cache file, not asked

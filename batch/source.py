@@ -1,7 +1,8 @@
 """The row source: input lines -> the rows this run labels, in input order.
 
-It leaves out another shard's rows and rows an earlier run labelled (resume), marks an id met
-twice as a bad row, and, with `--ordered`, sends a row only once the reorder window has room.
+It leaves out another shard's rows and rows an earlier run labelled from the same input (resume;
+a row whose input digest changed runs again), marks an id met twice as a bad row, and, with
+`--ordered`, sends a row only once the reorder window has room.
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.builder import RowBuilder
+from batch.changes import Changes
+from batch.digest import (
+    id_at_a_glance,
+    image_digests,
+    input_digest,
+    may_name_images,
+    short,
+    short_of_line,
+)
 from batch.errors import BadInput
 from batch.idset import IdSet, Sighting
+from batch.images import has_images
 from batch.reader import LineCountGuess, read_lines
 from batch.reorder import ReorderWindow
 from batch.rows import Row, id_key
@@ -32,6 +43,7 @@ class RowSource:
         *,
         shard: Shard | None = None,
         window: ReorderWindow[tuple[bytes, bool]] | None = None,
+        changes: Changes | None = None,
     ) -> None:
         self._path = path
         self._builder = builder
@@ -42,6 +54,9 @@ class RowSource:
         self._window = window
         self._sizer = LineCountGuess(path)
         self._seq = 0
+        self.changes = changes or Changes()
+        self.read_all = False  # the whole input was read: ids not met are not in it
+        self._kind_known = False  # the first line, read in full, set the file's kind of row
 
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
         """Send every row to label, until the file ends or `stopping` is set. Raises
@@ -53,35 +68,78 @@ class RowSource:
                 if self._sizer.pending and (guess := self._sizer.after(raw)):
                     # A shard meets only its share of the ids.
                     self._ids.reserve(guess // self._shard.count if self._shard else guess)
-                row = self._row(number, raw)
-                if row is None:
+                found = self._row(number, raw)
+                if found is None or not await self._settle(*found, raw):
                     continue
+                row = found[0]
                 row.seq, self._seq = self._seq, self._seq + 1
                 if self._window is not None:
                     await self._window.admit(row.seq)
                     if stopping.is_set():
                         return
                 await send.send(row)
+        self.read_all = not stopping.is_set()
 
-    def _row(self, number: int, raw: bytes) -> Row | None:
-        """The line's row; None when another shard holds it or an earlier run labelled it."""
+    async def _settle(self, row: Row, before: int, raw: bytes) -> bool:
+        """Gives the row its input digest; False for a row done before (its earlier line
+        recorded `before`) from the same input and images."""
+        if row.digest:
+            return True  # settled at a glance
+        if row.request is not None and has_images(row.request):
+            row.images = await anyio.to_thread.run_sync(image_digests, row.request)
+        row.digest = input_digest(raw, row.images)
+        if before and short(row.digest) == before:
+            self._stats.skipped += 1
+            return False
+        if before:
+            self._changed(row)
+        return True
+
+    def _unchanged(self, number: int, raw: bytes) -> bool:
+        """True for a line left out at a glance: another shard's, or done before from these
+        very bytes (the common case of a rerun, a million times over)."""
+        if may_name_images(raw) or (glanced := id_at_a_glance(raw)) is None:
+            return False
+        if self._shard is not None and not self._shard.holds_line(number, glanced):
+            return True
+        if self._ids.sight_unchanged(id_key(glanced), short_of_line(raw)):
+            self._stats.skipped += 1
+            return True
+        return False
+
+    def _changed(self, row: Row) -> None:
+        self._stats.changed += 1
+        self.changes.mark(id_key(row.id))
+
+    def _row(self, number: int, raw: bytes) -> tuple[Row, int] | None:
+        """The line's row, and the digest its earlier ok line recorded (0: none); None when
+        another shard holds it or an earlier run labelled it from the same line."""
+        if self._resuming and self._kind_known and self._unchanged(number, raw):
+            return None
         given = None
         if self._shard is not None or self._resuming:
             given = self._builder.peek_id(number, raw)
+            self._kind_known = True
         if self._shard is not None and not self._shard.holds_line(number, given):
             return None  # another shard's row: not read further, not counted
         sighting = None
+        before = 0  # the input digest its earlier ok line recorded
         if self._resuming and given is not None:
             sighting = self._ids.sight(id_key(given))
             if sighting is Sighting.DONE:
-                self._stats.skipped += 1
-                return None
+                before = self._ids.last_digest
+                if before == 0 or (not may_name_images(raw) and before == short_of_line(raw)):
+                    self._stats.skipped += 1  # the same input, or a line from before digests
+                    return None
         row = self._builder.build(number, raw)
+        if before and not may_name_images(raw):
+            row.digest = input_digest(raw)
+            self._changed(row)
         if row.has_id:
             sighting = sighting or self._ids.sight(id_key(row.id))
             if sighting is Sighting.REPEAT:
                 row.request, row.failure = None, _duplicate(row)
-        return row
+        return row, before
 
 
 def _duplicate(row: Row) -> BadInput:

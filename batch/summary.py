@@ -28,6 +28,11 @@ class RunStats:
     ok: int = 0
     error: int = 0
     skipped: int = 0
+    changed: int = 0  # done before, labelled again: their input changed
+    not_in_input: int = 0
+    pruned: int = 0
+    same_as: int = 0  # results copied from a row with the same request
+    cached: int = 0  # results taken from the cache
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
     retries: Counter[str] = field(default_factory=Counter)
@@ -55,6 +60,8 @@ class RunStats:
             self.errors[result.failure.kind] += 1
             if result.host is not None:
                 self.host_failed[result.host] += 1
+        self.same_as += result.same_as is not None
+        self.cached += result.cached
         self.attempts += result.attempts
         self.usage.add(result.usage)
         self.retries.update(result.retries)
@@ -65,6 +72,16 @@ class RowCounts(BaseModel):
     ok: int = 0
     error: int = 0
     skipped: int = 0
+    changed: int = 0
+    not_in_input: int = 0
+    pruned: int = 0
+
+
+class RequestsSaved(BaseModel):
+    """Rows labelled without a request of their own."""
+
+    duplicates: int = 0  # copies of a row of this run with the same request (`same_as`)
+    cache: int = 0  # taken from the --cache file (`cached`)
 
 
 class Retries(BaseModel):
@@ -97,6 +114,7 @@ class RunSummary(BaseModel):
     # them without a word, so they are counted apart from other failures.
     prompts_truncated: int = 0
     attempts: int = 0
+    requests_saved: RequestsSaved = Field(default_factory=RequestsSaved)
     retries: Retries = Field(default_factory=Retries)
     usage: dict[str, int] = Field(default_factory=dict)
     started_at: str = ""
@@ -152,7 +170,16 @@ def build_summary(
         config=fingerprint,
         model=model,
         hosts=hosts,
-        rows=RowCounts(total=stats.done, ok=stats.ok, error=stats.error, skipped=stats.skipped),
+        rows=RowCounts(
+            total=stats.done,
+            ok=stats.ok,
+            error=stats.error,
+            skipped=stats.skipped,
+            changed=stats.changed,
+            not_in_input=stats.not_in_input,
+            pruned=stats.pruned,
+        ),
+        requests_saved=RequestsSaved(duplicates=stats.same_as, cache=stats.cached),
         errors_by_type=dict(stats.errors),
         prompts_truncated=stats.errors.get(PROMPT_TRUNCATED, 0),
         attempts=stats.attempts,
@@ -182,6 +209,22 @@ def write_summary(path: Path, summary: RunSummary) -> None:
         scratch.unlink(missing_ok=True)  # after a failure (a full disk): no half copy left
 
 
+def _reuse_lines(summary: RunSummary) -> list[str]:
+    rows, saved = summary.rows, summary.requests_saved
+    lines = []
+    if rows.changed:
+        lines.append(f"{rows.changed} rows labelled again: their input changed since the last run")
+    if rows.not_in_input:
+        gone = f"{rows.pruned} pruned" if rows.pruned else "kept (--prune takes them out)"
+        lines.append(f"{rows.not_in_input} rows of the output are no longer in the input: {gone}")
+    if saved.duplicates or saved.cache:
+        lines.append(
+            f"requests saved: {saved.duplicates} duplicates of another row, "
+            f"{saved.cache} from the cache"
+        )
+    return lines
+
+
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
     rows, usage = summary.rows, summary.usage
     lines = [
@@ -191,6 +234,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         f"tokens: {usage['input_tokens']} in, {usage['output_tokens']} out "
         f"over {usage['requests']} responses; {summary.retries.total} retries",
     ]
+    lines.extend(_reuse_lines(summary))
     if summary.errors_by_type:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.errors_by_type.items()))
         where = summary.errors_file or summary.output

@@ -10,6 +10,8 @@
 - memory:     peak RSS of the worker on inputs of growing size.
 - resume:     a rerun where every row is already done (it must skip them all), and the start-up
               time of `python -m batch --help`.
+- digests, dedup, reuse: resume with input digests checked, dedup's cost when nothing repeats,
+              and a run of copies and a warm cache (`bench_reuse.py`).
 - peers:      pydantic-ai, outlines and LangChain on the same job (`bench_peers.py`).
 - embedded:   tokens/s of the embedded backend against llama.cpp called directly.
 
@@ -541,6 +543,25 @@ def bench_resume(suite: Suite) -> None:
     )
 
 
+def _reuse_benchmarks(name: str) -> Callable[[Suite], None]:
+    def run(suite: Suite) -> None:
+        # Late, as bench_peers: bench_reuse imports this file again as the module `bench`.
+        import bench
+        import bench_reuse
+
+        try:
+            if name == "digests":
+                bench_reuse.bench_resume_digests(suite, max(suite.memory_rows))
+            elif name == "dedup":
+                bench_reuse.bench_dedup(suite)
+            else:
+                bench_reuse.bench_reuse(suite, bench_reuse.REUSE_ROWS)
+        except bench.BenchError as exc:
+            raise BenchError(str(exc)) from None
+
+    return run
+
+
 def bench_peers(suite: Suite) -> None:
     # Late: bench_peers imports this file again as the module `bench`, whose BenchError is
     # another class than this script's when it runs as __main__.
@@ -558,6 +579,9 @@ BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "efficiency": bench_efficiency,
     "memory": bench_memory,
     "resume": bench_resume,
+    "digests": _reuse_benchmarks("digests"),
+    "dedup": _reuse_benchmarks("dedup"),
+    "reuse": _reuse_benchmarks("reuse"),
     "peers": bench_peers,
     "embedded": bench_embedded,
 }

@@ -64,7 +64,15 @@ def test_rows_are_labelled_validated_and_metered(
         assert row["durations_ns"]["total_duration"] > 0
     assert server.requests[0]["format"] == SCHEMA
     assert server.requests[0]["options"] == {"temperature": 0}
-    assert summary_of(path)["rows"] == {"total": 5, "ok": 5, "error": 0, "skipped": 0}
+    assert summary_of(path)["rows"] == {
+        "total": 5,
+        "ok": 5,
+        "error": 0,
+        "skipped": 0,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
     assert "5 ok, 0 failed" in capsys.readouterr().err
 
 
@@ -198,7 +206,15 @@ def test_rerun_resumes_and_ends_with_one_line_per_row(
     assert server.request_count == sent_before + 1
     rows = output_by_id(path)
     assert sorted(rows) == list(range(6)) and all(r["status"] == "ok" for r in rows.values())
-    assert summary_of(path)["rows"] == {"total": 6, "ok": 1, "error": 0, "skipped": 5}
+    assert summary_of(path)["rows"] == {
+        "total": 6,
+        "ok": 1,
+        "error": 0,
+        "skipped": 5,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
 
 
 def test_rerun_with_another_model_is_refused(

@@ -84,7 +84,15 @@ def test_the_sample_job_labels_every_row_with_schema_valid_output(
     # A rerun skips every row already done, without generating anything.
     assert main(["run", str(sample_job), "-q"]) == 0
     summary = json.loads(sample_job.with_name("in.out.summary.json").read_text())
-    assert summary["rows"] == {"total": 12, "ok": 0, "error": 0, "skipped": 12}
+    assert summary["rows"] == {
+        "total": 12,
+        "ok": 0,
+        "error": 0,
+        "skipped": 12,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
     assert summary["usage"]["requests"] == 0
 
 

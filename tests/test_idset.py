@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+
+from batch.digest import id_at_a_glance
 from batch.idset import IdSet, Sighting
 
 
@@ -38,3 +41,32 @@ def test_reserve_keeps_every_id() -> None:
         ids.sight(key)
     assert all(k in ids for k in keys)
     assert [ids.sight(k) for k in keys[:3]] == [Sighting.DONE] * 3
+
+
+def test_the_table_keeps_each_ids_input_digest() -> None:
+    ids = IdSet()
+    assert ids.add("sa", 7) and ids.add("sb", 0) and ids.add("sc", 9)
+    assert not ids.add("sc", 11)  # a later line of the same id: its digest wins
+    assert ids.sight_unchanged("sa", 7)
+    assert not ids.sight_unchanged("sa", 7)  # met already
+    assert ids.sight_unchanged("sb", 1234)  # no digest recorded: kept as done
+    assert not ids.sight_unchanged("sc", 9)
+    assert ids.sight("sc") is Sighting.DONE and ids.last_digest == 11
+    assert not ids.sight_unchanged("sd", 1)
+    assert ids.was_seen("sa") and not ids.was_seen("sd")
+
+
+def test_ids_at_a_glance_agree_with_the_parser() -> None:
+    lines = [
+        b'{"id": 12, "prompt": "x"}\n',
+        b'{"id":"r1","prompt":"x"}\n',
+        b'{"id": "a,b", "prompt": "x"}\n',
+        b'{"id": "q\\"x", "prompt": "x"}\n',
+        b'{"id": -3, "prompt": "x"}\n',
+        b'{"prompt": "x", "id": 4}\n',
+        b'{"id": "\xc3\xa9", "prompt": "x"}\n',
+    ]
+    for raw in lines:
+        glanced = id_at_a_glance(raw)
+        assert glanced is None or glanced == json.loads(raw)["id"], raw
+    assert [id_at_a_glance(raw) for raw in lines[:2]] == [12, "r1"]

@@ -249,7 +249,15 @@ def test_resume_with_openai_output_writes_each_row_once(server: FakeOllama, tmp_
     assert sorted(r["custom_id"] for r in lines) == [f"r{i}" for i in range(6)]
     assert all(r["error"] is None for r in lines)
     summary = json.loads((tmp_path / "requests.out.summary.json").read_text())
-    assert summary["rows"] == {"total": 6, "ok": 1, "error": 0, "skipped": 5}
+    assert summary["rows"] == {
+        "total": 6,
+        "ok": 1,
+        "error": 0,
+        "skipped": 5,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
 
 
 def test_resume_refuses_to_mix_output_formats(server: FakeOllama, tmp_path: Path) -> None:

@@ -57,7 +57,15 @@ async def test_valid_rows_are_written_with_output_and_usage(job: Callable[..., J
     assert all(r["status"] == "ok" and r["output"] == {"label": "pos"} for r in rows)
     assert all(r["attempts"] == 1 for r in rows)
     assert all(r["usage"] == {"requests": 1, "input_tokens": 10, "output_tokens": 4} for r in rows)
-    assert summary.rows.model_dump() == {"total": 3, "ok": 3, "error": 0, "skipped": 0}
+    assert summary.rows.model_dump() == {
+        "total": 3,
+        "ok": 3,
+        "error": 0,
+        "skipped": 0,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
     assert summary.as_record()["usage"] == {"requests": 3, "input_tokens": 30, "output_tokens": 12}
     assert backend.requests[0].format == SCHEMA
     on_disk = json.loads(config.summary_path.read_text())
@@ -202,11 +210,27 @@ async def test_rerun_skips_ok_rows_and_retries_failed_ones(job: Callable[..., Jo
         return completion('{"label": "pos"}')
 
     summary = await run_job(config, backends=[FunctionBackend(first)])
-    assert summary.rows.model_dump() == {"total": 4, "ok": 3, "error": 1, "skipped": 0}
+    assert summary.rows.model_dump() == {
+        "total": 4,
+        "ok": 3,
+        "error": 1,
+        "skipped": 0,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
 
     second = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(config, backends=[second])
-    assert summary.rows.model_dump() == {"total": 4, "ok": 1, "error": 0, "skipped": 3}
+    assert summary.rows.model_dump() == {
+        "total": 4,
+        "ok": 1,
+        "error": 0,
+        "skipped": 3,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
     assert [r.messages[-1]["content"] for r in second.requests] == ["row 2"]
     rows = read_jsonl(config.output_path)
     assert sorted(r["id"] for r in rows) == [0, 1, 2, 3]
@@ -229,6 +253,9 @@ async def test_rerun_skips_ids_of_every_spelling(job: Callable[..., JobConfig]) 
         "ok": 0,
         "error": 0,
         "skipped": len(ids),
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
     }
     assert second.requests == []
     assert [r["id"] for r in read_jsonl(config.output_path)].count("7") == 1
@@ -257,7 +284,15 @@ async def test_rerun_with_other_settings_is_refused_unless_overwrite(
     overwrite = changed.model_copy(update={"overwrite": True})
     backend = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(overwrite, backends=[backend])
-    assert summary.rows.model_dump() == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
+    assert summary.rows.model_dump() == {
+        "total": 2,
+        "ok": 2,
+        "error": 0,
+        "skipped": 0,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }
     assert all(r["output"] == {"label": "neg"} for r in read_jsonl(config.output_path))
 
 
@@ -315,4 +350,12 @@ def test_the_sync_api_runs_the_same_pipeline(job: Callable[..., JobConfig]) -> N
     summary = run_job_sync(
         config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))]
     )
-    assert summary.rows.model_dump() == {"total": 2, "ok": 2, "error": 0, "skipped": 0}
+    assert summary.rows.model_dump() == {
+        "total": 2,
+        "ok": 2,
+        "error": 0,
+        "skipped": 0,
+        "changed": 0,
+        "not_in_input": 0,
+        "pruned": 0,
+    }

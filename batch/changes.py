@@ -1,0 +1,71 @@
+"""A rerun against an input that changed: rows whose input digest differs are labelled again
+and their old lines taken out; rows whose id left the input are kept, or pruned (`--prune`).
+
+The source finds the changed rows as it reads (`IdSet.last_digest` against the line's digest);
+after the run, `finish_output` rewrites the output once, through a temporary file and an
+atomic rename, and only when there is something to take out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batch.idset import IdSet, Sighting
+from batch.records import RecordCodec, native_view
+from batch.rows import id_key
+
+
+@dataclass
+class Changes:
+    """What the source found: ids done before whose input changed."""
+
+    changed: IdSet = field(default_factory=IdSet)
+
+    def __len__(self) -> int:
+        return len(self.changed)
+
+    def mark(self, key: str) -> None:
+        self.changed.add(key)
+
+
+def finish_output(
+    path: Path, codec: RecordCodec, done: IdSet, changes: Changes, *, prune: bool
+) -> int:
+    """Takes out the old lines of changed rows (the first line of their id: the new one was
+    appended after it) and, with `prune`, the lines of ids the input no longer holds (prune
+    only once the source read the whole input). Returns how many lines of the second kind
+    went."""
+    if not path.exists() or not (len(changes) or prune):
+        return 0
+    pruned = 0
+    glance = codec.ok_key_at_a_glance if codec.output_format == "native" else None
+    scratch = path.with_name(path.name + ".resume-tmp")
+    with path.open("rb") as source, scratch.open("wb") as target:
+        for raw in source:
+            seen = glance(raw) if glance else None
+            key = seen[0] if seen else _key_of(raw)
+            if key is not None and key in changes.changed:
+                if changes.changed.sight(key) is Sighting.DONE:  # its first line: the old label
+                    continue
+            elif prune and key is not None and key in done and not done.was_seen(key):
+                pruned += 1
+                continue
+            target.write(raw)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(scratch, path)
+    return pruned
+
+
+def _key_of(raw: bytes) -> str | None:
+    try:
+        record, _ = native_view(json.loads(raw))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    row_id = record.get("id")
+    return (
+        id_key(row_id) if isinstance(row_id, str | int) and not isinstance(row_id, bool) else None
+    )
