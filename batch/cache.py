@@ -77,7 +77,8 @@ class AnswerCache:
 
     def _put(self, key: bytes, model: str, answer: Answer) -> None:
         now = time.time()
-        output = json.dumps(answer.output, ensure_ascii=False, separators=(",", ":"))
+        # ASCII: a lone surrogate from a reply is stored escaped, not refused by SQLite's UTF-8.
+        output = json.dumps(answer.output, separators=(",", ":"))
         with self._lock, _broken(self.path):
             self._db.execute(
                 "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, 0)",

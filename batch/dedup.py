@@ -162,4 +162,5 @@ def _restored(row: Row, sent: RowId, stored: dict[str, Any]) -> RowResult:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    # ASCII: a lone surrogate from a reply is stored escaped, not refused by SQLite's UTF-8.
+    return json.dumps(value, separators=(",", ":"), default=str)

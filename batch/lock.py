@@ -38,8 +38,14 @@ def hold_outputs(outputs: Iterable[Path]) -> Iterator[None]:
 
 @contextmanager
 def _held(path: Path, output: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _acquire(path, output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = _acquire(path, output)
+    except OSError as exc:  # a file where the folder should be, a read-only folder, a full disk
+        raise ConfigError(
+            f"cannot write {output}: {exc.strerror or exc} (its lock {path.name} cannot be "
+            "made): choose another --output, or fix the folder"
+        ) from None
     try:
         handle.seek(0)
         handle.truncate()
