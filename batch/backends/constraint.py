@@ -141,7 +141,7 @@ def vocabulary_tokens(llama_cpp: Any, vocab: Any) -> list[bytes]:
         if length < 0:
             raise ValueError(f"token {token} is longer than {size} bytes")
         piece = buffer.raw[:length]
-        attr = llama_cpp.llama_token_get_attr(vocab, token)
+        attr = llama_cpp.llama_vocab_get_attr(vocab, token)
         user_control = piece.startswith(b"<") and piece.endswith(b">")
         if attr & special or (attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and user_control):
             piece = b"\xff" + piece
