@@ -170,3 +170,11 @@ def test_the_token_cache_is_rebuilt_for_a_different_model_file(tmp_path: Path) -
     header = json.dumps({"fingerprint": cache.fingerprint(), "tokens": 2}).encode()
     cache.path.write_bytes(b"batch-llguidance-tokens 1\n" + header + b"\n")  # cut short
     assert cache.read() is None
+
+
+def test_format_json_allows_any_object(grammars: SchemaGrammars) -> None:
+    from batch.backends.embedded import ANY_OBJECT
+
+    assert accepts(grammars, ANY_OBJECT, '{ "a": [1, { "b": null }], "c": "d" }')
+    assert accepts(grammars, ANY_OBJECT, "{}")
+    assert not accepts(grammars, ANY_OBJECT, "[1]")
