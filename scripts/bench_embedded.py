@@ -9,7 +9,8 @@ On the same sample-job rows, one after the other:
   llguidance (the default), for each number of llama.cpp contexts given: `python -m batch run
   --host embedded`;
 - the model with no constraint: llama.cpp directly, the model's turn opened with `{ "item": "`
-  so that it answers in JSON, ended at the first `}`.
+  so that it answers in JSON, each answer as many tokens long as the grammar's answer to the
+  same row.
 Tokens/s counts generated tokens over generation time, model loading excluded on all sides
 (batch reports its load time, the engine's tokenizer included, in the first row's
 `load_duration`); ms/token is its inverse, rows/s the rows over the same time.
@@ -63,11 +64,11 @@ def load_model(threads: int) -> Any:
     )
 
 
-def direct(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
-    """llama.cpp's own chat completion with the schema as its grammar."""
+def direct(rows: list[dict[str, Any]], threads: int) -> tuple[list[int], float]:
+    """llama.cpp's own chat completion with the schema as its grammar: tokens of each answer."""
     template, schema, num_predict = job_settings()
     llm = load_model(threads)
-    tokens = 0
+    tokens: list[int] = []
     started = time.perf_counter()
     for row in rows:
         result: Any = llm.create_chat_completion(
@@ -76,7 +77,7 @@ def direct(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
             temperature=0,
             max_tokens=num_predict,
         )
-        tokens += result["usage"]["completion_tokens"]
+        tokens.append(result["usage"]["completion_tokens"])
     elapsed = time.perf_counter() - started
     llm.close()
     return tokens, elapsed
@@ -86,20 +87,22 @@ def direct(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
 OPEN_JSON = '{ "item": "'
 
 
-def unconstrained(rows: list[dict[str, Any]], threads: int) -> tuple[int, float]:
-    """The same prompts in Gemma's chat format, nothing constraining the answer."""
-    template, _, num_predict = job_settings()
+def unconstrained(
+    rows: list[dict[str, Any]], threads: int, lengths: list[int]
+) -> tuple[int, float]:
+    """The same prompts in Gemma's chat format, nothing constraining the answer, each answer
+    as many tokens long as the grammar's (unconstrained, this model writes on past the object
+    it was asked for), so that both spread their prompts over as many tokens."""
+    template, _, _ = job_settings()
     llm = load_model(threads)
     tokens = 0
     started = time.perf_counter()
-    for row in rows:
+    for row, length in zip(rows, lengths, strict=True):
         prompt = (
             f"<start_of_turn>user\n{template.format_map(row)}<end_of_turn>\n"
             f"<start_of_turn>model\n{OPEN_JSON}"
         )
-        result: Any = llm.create_completion(
-            prompt, temperature=0, max_tokens=num_predict, stop=["}", "<end_of_turn>"]
-        )
+        result: Any = llm.create_completion(prompt, temperature=0, max_tokens=length)
         tokens += result["usage"]["completion_tokens"]
     elapsed = time.perf_counter() - started
     llm.close()
@@ -164,7 +167,8 @@ def compare(rows: int, contexts: list[int], threads: int = THREADS) -> list[Spee
     """llama.cpp directly with its grammar first; then batch with llama.cpp's grammar and with
     llguidance for each number of contexts; last, the model with no constraint."""
     chosen = job_rows(rows)
-    speeds = [Speed("llama.cpp directly, its grammar", *direct(chosen, threads), rows)]
+    lengths, seconds = direct(chosen, threads)
+    speeds = [Speed("llama.cpp directly, its grammar", sum(lengths), seconds, rows)]
     with tempfile.TemporaryDirectory(prefix="batch-bench-embedded-") as tmp:
         work = Path(tmp)
         rows_file = work / "rows.jsonl"
@@ -184,7 +188,9 @@ def compare(rows: int, contexts: list[int], threads: int = THREADS) -> list[Spee
                         rows,
                     )
                 )
-    speeds.append(Speed("llama.cpp directly, no constraint", *unconstrained(chosen, threads), rows))
+    speeds.append(
+        Speed("llama.cpp directly, no constraint", *unconstrained(chosen, threads, lengths), rows)
+    )
     return speeds
 
 
