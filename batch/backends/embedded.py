@@ -3,11 +3,15 @@
 Selected only when asked for (`--host embedded`), never as a fallback. The model is loaded once
 per run, on first use; each llama.cpp context serves one request at a time, so requests queue
 for a small pool of contexts, and generation runs in a worker thread off the event loop.
+Schemas are enforced by llguidance (`constraint.py`), or by llama.cpp's own grammar for a schema
+llguidance cannot compile.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
+import logging
 import os
 import threading
 import time
@@ -17,8 +21,18 @@ from typing import Any
 import anyio
 
 from batch.backends.base import ChatRequest, Completion, Usage
+from batch.backends.constraint import (
+    SchemaGrammars,
+    SchemaMask,
+    TokenCache,
+    Uncompilable,
+    build_tokenizer,
+    default_cache_dir,
+)
 from batch.backends.token_logprobs import LogprobRecorder
 from batch.errors import ConfigError, FatalRunError, Rejected, Transient
+
+logger = logging.getLogger(__name__)
 
 HOST = "embedded"
 BUNDLED_MODEL = "gemma3:270m"  # also an Ollama tag, so one job runs on either backend
@@ -43,6 +57,9 @@ SAMPLING = {
 }
 LOAD_TIME_OPTIONS = ("num_ctx", "num_thread")
 LOGPROBS = "batch_logprobs"  # our key in llama.cpp's response: the recorded token logprobs
+# `grammar` puts schemas back on llama.cpp's GBNF sampler (for comparing the two).
+CONSTRAINT_VARIABLE = "BATCH_EMBEDDED_CONSTRAINT"
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def is_embedded(host: str) -> bool:
@@ -98,6 +115,9 @@ class EmbeddedBackend:
         self._load_lock = anyio.Lock()
         self._load_ns = 0
         self._load_reported = False
+        self._grammars: SchemaGrammars | None = None
+        self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -136,6 +156,7 @@ class EmbeddedBackend:
                 started = time.perf_counter_ns()
                 for _ in range(self._contexts):
                     self._free.append(await anyio.to_thread.run_sync(self._load))
+                self._grammars = await anyio.to_thread.run_sync(self._schema_engine, self._free[0])
                 self._load_ns = time.perf_counter_ns() - started
                 self._available = anyio.Semaphore(self._contexts)
 
@@ -158,6 +179,50 @@ class EmbeddedBackend:
             )
         except (ValueError, RuntimeError, MemoryError) as exc:
             raise FatalRunError(f"cannot load the model {self._path}: {exc}") from None
+
+    def _schema_engine(self, llm: Any) -> SchemaGrammars | None:
+        """llguidance for this model, unless asked for llama.cpp's grammar or not installed."""
+        if os.environ.get(CONSTRAINT_VARIABLE, "").strip().lower() == "grammar":
+            return None
+        try:
+            import llama_cpp
+            import llguidance  # noqa: F401
+        except ImportError:
+            logger.warning(
+                "llguidance is not installed: schemas fall back to llama.cpp's slower grammar "
+                "(python -m pip install -e '.[embedded]')"
+            )
+            return None
+        cache = TokenCache(self._path, default_cache_dir())
+        try:
+            return SchemaGrammars(build_tokenizer(llama_cpp, llm, cache))
+        except (ValueError, RuntimeError) as exc:
+            logger.warning(
+                "llguidance cannot read %s's vocabulary (%s): schemas fall back "
+                "to llama.cpp's slower grammar",
+                self._path.name,
+                exc,
+            )
+            return None
+
+    def _schema_mask(self, schema: dict[str, Any], *, greedy: bool) -> SchemaMask | None:
+        """The engine's logits processor for `schema`, or None for llama.cpp's grammar."""
+        if self._grammars is None:
+            return None
+        try:
+            return self._grammars.processor(schema, greedy=greedy)
+        except Uncompilable as exc:
+            key = json.dumps(schema, sort_keys=True)
+            with self._warn_lock:
+                first = key not in self._warned
+                self._warned.add(key)
+            if first:
+                logger.warning(
+                    "llguidance cannot compile the schema (%s): llama.cpp's grammar enforces "
+                    "it instead, more slowly",
+                    exc,
+                )
+            return None
 
     async def _generate(self, llm: Any, request: ChatRequest, queued: int) -> Completion:
         cancelled = threading.Event()
@@ -196,13 +261,22 @@ class EmbeddedBackend:
         num_predict = request.options.get("num_predict")
         if isinstance(num_predict, int) and num_predict > 0:
             kwargs["max_tokens"] = num_predict
-        if isinstance(request.format, dict):
-            kwargs["response_format"] = {"type": "json_object", "schema": request.format}
-        elif request.format == "json":
-            kwargs["response_format"] = {"type": "json_object"}
+        processors: list[Any] = []
         recorder = LogprobRecorder(llm) if request.logprobs else None
         if recorder is not None:
-            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
+            # First: the probabilities the model gave, before the schema's mask, as Ollama's.
+            processors.append(recorder)
+        if isinstance(request.format, dict) or request.format == "json":
+            schema = request.format if isinstance(request.format, dict) else ANY_OBJECT
+            mask = self._schema_mask(schema, greedy=_greedy(kwargs))
+            if mask is not None:
+                processors.append(mask)
+            elif schema is ANY_OBJECT:
+                kwargs["response_format"] = {"type": "json_object"}
+            else:
+                kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        if processors:
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(processors)
         llama_cpp.llama_perf_context_reset(llm.ctx)
         result: dict[str, Any] = llm.create_chat_completion(messages=request.messages, **kwargs)
         if recorder is not None:
@@ -229,6 +303,17 @@ class EmbeddedBackend:
             durations_ns={k: v for k, v in durations.items() if v},
             logprobs=response.get(LOGPROBS),
         )
+
+
+def _greedy(sampling: dict[str, Any]) -> bool:
+    """Whether llama-cpp-python will take the top token as our logits processor leaves it:
+    temperature 0 samples greedily, and penalties are the only samplers it runs after ours."""
+    return (
+        sampling.get("temperature") == 0
+        and sampling.get("repeat_penalty", 1.0) == 1.0
+        and sampling.get("presence_penalty", 0.0) == 0.0
+        and sampling.get("frequency_penalty", 0.0) == 0.0
+    )
 
 
 _quiet = threading.Lock()
