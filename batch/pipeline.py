@@ -21,12 +21,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batch.backends.base import Backend
 from batch.backends.select import open_pool
+from batch.budget import Budget, BudgetReached, Budgets
 from batch.builder import RowBuilder
 from batch.config import JobConfig
 from batch.errors import BatchError, FatalRunError
 from batch.images import ImagePolicy
 from batch.label import Labeller, RetryPolicy
 from batch.output import prepare_output
+from batch.plan import rows_left
 from batch.progress import show_progress
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow, sort_by_line
@@ -34,7 +36,7 @@ from batch.rows import Row, RowDefaults, RowResult
 from batch.schema import OutputSchema, load_schema
 from batch.sink import WRITE_BATCH, Item, ResultSink
 from batch.source import RowSource
-from batch.summary import RunStats, RunSummary, build_summary, write_summary
+from batch.summary import BUDGET_STOPS, RunStats, RunSummary, build_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,14 @@ async def run_job(
     backends: Sequence[Backend] | None = None,
     handle_signals: bool = False,
     show: bool = False,
+    budgets: Budgets | None = None,
 ) -> RunSummary:
     """Run `config` to the end (or to a signal) and write its summary.
 
     Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
     on; a row's failure is an error line in the output, never raised. `backends` serve in place
     of the configured hosts (a test double, `batch.testing.TestBackend`); `handle_signals` and
-    `show` are for the CLI.
+    `show` are for the CLI; `budgets` replace the configured ones (`plan --sample`).
     """
     config.check_paths()
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
@@ -67,6 +70,8 @@ async def run_job(
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     pool = open_pool(config, backends)
+    budget = Budget(budgets or config.budgets)
+    pool.meter = budget
     window = ReorderWindow[Item]() if config.ordered else None
     builder = RowBuilder(row_defaults(config, schema))
     run = _Run(
@@ -82,6 +87,7 @@ async def run_job(
         slots=pool.capacity,
         grace_period=config.grace_period,
         window=window,
+        budget=budget,
     )
     log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
     if config.shard is not None:
@@ -98,6 +104,10 @@ async def run_job(
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
+        left: dict[str, float | int] | None = None
+        if run.stopped_by in BUDGET_STOPS:
+            left = {"rows": await rows_left(config, builder.defaults, codec.fingerprint)}
+            left.update(budget.left())
         summary = build_summary(
             stats,
             input_path=config.input,
@@ -110,6 +120,7 @@ async def run_job(
             errors_path=config.errors_file,
             host_report=pool.report(),
             shard=config.shard,
+            left=left,
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
@@ -142,12 +153,25 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
+    budget: Budget = field(default_factory=lambda: Budget(Budgets()))
 
     def stop(self) -> None:
         """Take no new rows."""
         self.stopping.set()
         if self.window is not None:
             self.window.close()
+
+    def stop_at_budget(self) -> None:
+        """A budget is met: no new row; rows under way get the grace period."""
+        if self.stopped_by is None:
+            self.stopped_by = self.budget.met
+            log.warning(
+                "the %s budget is met: taking no new rows; in-flight rows get %gs",
+                self.stopped_by,
+                self.grace_period,
+            )
+            self.work.deadline = anyio.current_time() + self.grace_period
+        self.stop()
 
     async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -175,6 +199,8 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(self._on_signals)
+                if (seconds := self.budget.seconds_to_deadline()) is not None:
+                    tg.start_soon(self._at_deadline, seconds)
                 if progress is not None:
                     tg.start_soon(progress)
 
@@ -194,15 +220,27 @@ class _Run:
             async for row in rows:
                 if self.stopping.is_set():
                     return
+                if not self.budget.row_may_start():
+                    self.stop_at_budget()
+                    return
                 try:
                     result = await self.labeller.label(row)
+                except BudgetReached:  # at the send gate: the row is left for the next run
+                    self.stop_at_budget()
+                    return
                 except FatalRunError as exc:
                     self.fatal = self.fatal or exc
                     self.stop()
                     self.work.cancel()
                     return
+                self.budget.row_ended(result.elapsed_s, result.usage)
                 with anyio.CancelScope(shield=True):  # a finished row is never dropped
                     await results.send(result)
+
+    async def _at_deadline(self, seconds: float) -> None:
+        await anyio.sleep(max(seconds, 0.0))
+        self.budget.met = self.budget.met or "deadline"
+        self.stop_at_budget()
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

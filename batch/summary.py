@@ -77,7 +77,8 @@ class Throughput(BaseModel):
 
 
 # Written only when they apply, so that a plain run's summary stays short.
-OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by"})
+OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by", "left"})
+BUDGET_STOPS = frozenset({"deadline", "max_tokens", "max_requests", "max_rows"})
 
 
 class RunSummary(BaseModel):
@@ -106,6 +107,8 @@ class RunSummary(BaseModel):
     by_host: dict[str, dict[str, Any]] | None = None
     fatal: str | None = None
     stopped_by: str | None = None
+    # After a budget stop: the rows the next run would label, and what is left of each budget.
+    left: dict[str, float | int] | None = None
 
     def as_record(self) -> dict[str, Any]:
         record = self.model_dump(mode="json")
@@ -125,6 +128,7 @@ def build_summary(
     errors_path: Path | None = None,
     host_report: dict[str, dict[str, Any]] | None = None,
     shard: str | None = None,
+    left: dict[str, float | int] | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
@@ -162,6 +166,7 @@ def build_summary(
         by_host=by_host,
         fatal=fatal,
         stopped_by=stopped_by,
+        left=left,
     )
 
 
@@ -170,6 +175,14 @@ def write_summary(path: Path, summary: RunSummary) -> None:
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_text(json.dumps(summary.as_record(), indent=2) + "\n", encoding="utf-8")
     os.replace(scratch, path)
+
+
+def concurrency_text(host: dict[str, Any]) -> str:
+    if host.get("concurrency_mode") != "auto":
+        return f"concurrency {host.get('concurrency')}"
+    settled = host.get("settled_concurrency")
+    where = f"settled at {settled}" if settled is not None else "not settled"
+    return f"concurrency auto: {where}, now {host.get('concurrency')}"
 
 
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
@@ -196,9 +209,18 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(
             f"  {name}: {host['rows_ok']} ok, {host['rows_failed']} failed, "
             f"{host['failures']} failed requests, out of rotation {host['taken_out']}x, "
-            f"{host['completed_per_s']:.1f} replies/s, now {host['state']}{lacks}"
+            f"{host['completed_per_s']:.1f} replies/s, {concurrency_text(host)}, "
+            f"now {host['state']}{lacks}"
         )
-    if summary.stopped_by:
+    if len(by_host) == 1:
+        lines.append(f"concurrency: {concurrency_text(next(iter(by_host.values())))}")
+    if summary.stopped_by in BUDGET_STOPS:
+        rows_left = (summary.left or {}).get("rows", "some")
+        lines.append(
+            f"stopped at a budget ({summary.stopped_by}); {rows_left} rows left: "
+            "run again to continue"
+        )
+    elif summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:
         lines.append(f"stopped early: {summary.fatal}")
