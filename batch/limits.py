@@ -25,12 +25,15 @@ The clock is a parameter, so tests drive the limit with simulated time.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import median
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 QUEUE_LOW = 1.0  # grow while fewer requests than this wait at the server
 QUEUE_HIGH = 1.5  # shrink while more than this wait
@@ -117,9 +120,11 @@ class _Round:
         return len(self.rtts)
 
     def rtt(self) -> float:
-        """The mean: with requests in waves, some wait a whole reply and some none; by Little's
-        law the mean is what the in-flight count and the throughput imply."""
-        return sum(self.rtts) / len(self.rtts)
+        """The mean, not a quantile: requests run in waves, some waiting a whole reply and some
+        none, and by Little's law the mean is what the in-flight count and the throughput
+        imply. Less the slowest tenth: a busy client's own delays land there."""
+        kept = sorted(self.rtts)[: max(1, len(self.rtts) - len(self.rtts) // 10)]
+        return sum(kept) / len(kept)
 
 
 class AdaptiveLimit:
@@ -227,19 +232,30 @@ class AdaptiveLimit:
             if queue < QUEUE_LOW:
                 if held_back:
                     self._limit = min(self._limit * 2, self._ceiling)
-            else:
+            elif self._queued_rounds or queue > 2 * QUEUE_HIGH:  # twice, or clearly: not noise
+                # To what fills the slots plus one; not below the last limit with nothing queued.
                 self._slow_start = False
-                self._limit = self._bounded(round(in_flight - queue + QUEUE_LOW))
+                fill = round(max(sample.in_flight) - queue + QUEUE_LOW)
+                self._limit = self._bounded(max(fill, self._limit // 2))
         elif queue < QUEUE_LOW:
             if held_back:
                 self._limit = self._bounded(self._limit + 1)
         elif queue > QUEUE_HIGH:
             self._limit = self._bounded(self._limit - 1)
-        self._queued_rounds = self._queued_rounds + 1 if queue > QUEUE_HIGH else 0
+        log.debug(
+            "round of %d replies: in flight %.1f, reply %.3fs, base %.3fs, queue %.2f -> limit %d",
+            len(sample),
+            in_flight,
+            sample.rtt(),
+            self._base,
+            queue,
+            self._limit,
+        )
+        self._queued_rounds = self._queued_rounds + 1 if queue >= QUEUE_LOW else 0
         if not self._slow_start:
             self._history.append(self._limit)
         due = now - self._measured_at >= max(REMEASURE_S, 8 * self._base)
-        if due or self._queued_rounds >= QUEUED_ROUNDS:
+        if due or (self._queued_rounds >= QUEUED_ROUNDS and queue > QUEUE_HIGH):
             self._remeasure = (now, self._limit)
             self._round = _Round(now)
 

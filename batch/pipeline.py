@@ -104,10 +104,6 @@ async def run_job(
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
-        left: dict[str, float | int] | None = None
-        if run.stopped_by in BUDGET_STOPS:
-            left = {"rows": await rows_left(config, builder.defaults, codec.fingerprint)}
-            left.update(budget.left())
         summary = build_summary(
             stats,
             input_path=config.input,
@@ -120,12 +116,21 @@ async def run_job(
             errors_path=config.errors_file,
             host_report=pool.report(),
             shard=config.shard,
-            left=left,
+            left=await _left(config, run, builder.defaults, codec.fingerprint),
         )
         await anyio.to_thread.run_sync(write_summary, config.summary_path, summary)
     if run.fatal is not None:
         raise run.fatal
     return summary
+
+
+async def _left(
+    config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
+) -> dict[str, float | int] | None:
+    """After a budget stop: the rows the next run labels, and what is left of each budget."""
+    if run.stopped_by not in BUDGET_STOPS:
+        return None
+    return {"rows": await rows_left(config, defaults, fingerprint), **run.budget.left()}
 
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
