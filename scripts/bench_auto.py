@@ -103,7 +103,7 @@ def _one(suite: Suite, variant: str, slots: int, latency: float, seconds: float)
     check_complete(name, summary, rows)
     achieved = float(summary["throughput"]["rows_per_s"])
     waiting = counters.get("queue_seconds", 0.0) / max(float(summary["elapsed_s"]), 1e-9)
-    host = next(iter((summary.get("by_host") or {}).values()), {})
+    host: dict[str, Any] = next(iter((summary.get("by_host") or {}).values()), {})
     label = {"fixed": "c=S", "fixed+2": "c=S+2", "queue": "auto, 503 past S+2 waiting"}
     value = f"{rate(achieved)}; queue {waiting:.2f}"
     if variant in ("auto", "queue"):
