@@ -42,11 +42,25 @@ QUEUED_ROUNDS = 3  # rounds in a row that look queued before the base is re-meas
 SETTLED_ROUNDS = 20  # the settled concurrency: the median limit over this many rounds
 DEFAULT_CEILING = 64  # --max-concurrency: past it, a server is better told with #N
 OVERLOAD_CAUSES = frozenset({"http_503", "http_429", "timeout"})
-# Ollama runs these model families with one slot whatever OLLAMA_NUM_PARALLEL says (see the
-# README, "Many hosts"); a host serving one starts at one request and grows only if it gains.
-# The family comes from /api/show (`details.family`); until the backend reports it, nothing
-# calls `single_slot`, and every host starts the same way.
-SINGLE_SLOT_FAMILIES = frozenset({"mllama"})
+# Ollama runs these model families with one slot whatever OLLAMA_NUM_PARALLEL says (server/
+# sched.go, Scheduler.load: "not safe with num_parallel > 1"), and embedding models too. The
+# family is `details.family` of /api/show. The hook: once a backend reports the family of the
+# model it serves, it calls `AdaptiveLimit.serves_family`, and a one-slot host starts at one.
+SINGLE_SLOT_FAMILIES = frozenset(
+    {
+        "mllama",
+        "qwen3vl",
+        "qwen3vlmoe",
+        "qwen35",
+        "qwen35moe",
+        "qwen3next",
+        "lfm2",
+        "lfm2moe",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "nemotron_h_omni",
+    }
+)
 
 
 def single_slot(family: str | None) -> bool:
@@ -201,6 +215,12 @@ class AdaptiveLimit:
         self._limit = max(1, self._limit // 2)
         self._slow_start = False
         self._round = _Round(self._last_cut)
+
+    def serves_family(self, family: str | None) -> None:
+        """A model family Ollama runs with one slot: start at one, and grow only by the
+        queue estimate, one at a time (no doubling)."""
+        if single_slot(family) and self._slow_start:
+            self._limit, self._slow_start = 1, False
 
     def restart(self) -> None:
         """The host came back from a failure: it may not be the server it was. Grow again from

@@ -116,3 +116,15 @@ def test_a_fixed_limit_stays_put() -> None:
     limit.overloaded(0.0)
     assert limit.current == limit.ceiling == 6
     assert limit.report() == {"concurrency": 6, "concurrency_mode": "fixed"}
+
+
+def test_a_model_family_ollama_runs_with_one_slot_starts_at_one() -> None:
+    sim = Simulation(Server(1, 0.2))
+    limit = sim.make_limit()
+    limit.serves_family("mllama")
+    assert limit.current == 1
+    sim.run(30.0)
+    assert limit.current <= 3 and sim.queue_area / 30.0 <= 2.0
+    other = AdaptiveLimit()
+    other.serves_family("llama")
+    assert other.current == 4
