@@ -250,10 +250,10 @@ def fake_ollama(
             server.kill()
             code = server.wait()
         if server.stdout is not None:
-            said = server.stdout.read().decode(errors="replace")
             server.stdout.close()
-            if counters is not None and (found := re.search(r"^counters (.*)$", said, re.M)):
-                counters.update(json.loads(found.group(1)))
+        said = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        if counters is not None and (found := re.search(r"^counters (.*)$", said, re.M)):
+            counters.update(json.loads(found.group(1)))
         if code not in (0, -signal.SIGTERM):
             note(f"  fake server exited {code}:\n{tail(log)}")
 
