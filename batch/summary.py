@@ -178,11 +178,12 @@ def write_summary(path: Path, summary: RunSummary) -> None:
 
 
 def concurrency_text(host: dict[str, Any]) -> str:
+    """`fixed at 4`, or `auto, settled at 17, now 18`."""
     if host.get("concurrency_mode") != "auto":
-        return f"concurrency {host.get('concurrency')}"
+        return f"fixed at {host.get('concurrency')}"
     settled = host.get("settled_concurrency")
     where = f"settled at {settled}" if settled is not None else "not settled"
-    return f"concurrency auto: {where}, now {host.get('concurrency')}"
+    return f"auto, {where}, now {host.get('concurrency')}"
 
 
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
@@ -209,7 +210,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(
             f"  {name}: {host['rows_ok']} ok, {host['rows_failed']} failed, "
             f"{host['failures']} failed requests, out of rotation {host['taken_out']}x, "
-            f"{host['completed_per_s']:.1f} replies/s, {concurrency_text(host)}, "
+            f"{host['completed_per_s']:.1f} replies/s, concurrency {concurrency_text(host)}, "
             f"now {host['state']}{lacks}"
         )
     if len(by_host) == 1:
