@@ -171,11 +171,13 @@ class _Run:
         if self.stopped_by is None:
             self.stopped_by = self.budget.met
             log.warning(
-                "the %s budget is met: taking no new rows; in-flight rows get %gs",
+                "the %s budget is met: taking no new rows; rows under way get %gs",
                 self.stopped_by,
                 self.grace_period,
             )
-            self.work.deadline = anyio.current_time() + self.grace_period
+            # Rows already sent may run to the deadline itself, then get the grace period.
+            to_deadline = max(self.budget.seconds_to_deadline() or 0.0, 0.0)
+            self.work.deadline = anyio.current_time() + to_deadline + self.grace_period
         self.stop()
 
     async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
