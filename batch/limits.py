@@ -1,24 +1,29 @@
 """How many requests a host gets at once: a fixed number, or one found as the run goes.
 
-No server says how many slots it has. What a client sees is how long replies take: while every
-request is served at once, the reply time stays near the lowest seen; once requests wait in the
-server's queue, the reply time rises with no gain in replies per second. The adaptive limit reads
-that as TCP Vegas does: over one round (as many replies as the limit), the requests that waited
-are about
+No server says how many slots it has. What a client sees is how long requests wait for one.
+Ollama says it in every reply: `total_duration` runs from the request's arrival, so what it holds
+beyond the load, the prompt and the generation is the wait for a slot. Over one round (as many
+replies as half the limit), by Little's law, the requests waiting at the server are about
 
-    queue = in_flight x (1 - base_rtt / rtt)
+    queue = replies a second x mean wait = in_flight x mean wait / mean reply time
 
 and the limit keeps that between `QUEUE_LOW` and `QUEUE_HIGH`: one or two requests waiting keep
-every slot busy across the round trip between two requests, and no more wait behind them.
+every slot busy across the round trip between two requests, and no more wait behind them. A
+client slowed by its own work (a busy machine) adds to its reply times, not to the server's wait,
+so it is not mistaken for a queue. Replies without timings (a proxy that strips them) are read
+as TCP Vegas reads round trips: while every request is served at once, replies take about as long
+as the fastest seen, and once some wait they take longer, so
+
+    queue = in_flight x (1 - fastest reply / mean reply)
 
 - Start: doubling every round while nothing waits (slow start), then to the estimate of what
   fills the slots plus one.
 - Then one more when nothing waits, one less when more than `QUEUE_HIGH` wait, else settled.
 - 503 / 429 / a timeout: halve, once a round (the server said it is overloaded).
-- `base_rtt` is the lowest reply time seen since the last re-measure. A server that gets slower
-  (another client, a busier GPU) makes every reply slower, which looks like a queue; so every
-  `REMEASURE_S` (and after three rounds that all look queued) the limit drops for one round below
-  what fills the slots and takes that round's lowest reply time as the new base.
+- Without timings, the fastest reply is the lowest seen since the last re-measure. A server that
+  gets slower (another client, a busier GPU) makes every reply slower, which looks like a queue;
+  so every `REMEASURE_S` (and after three rounds that all look queued) the limit drops for one
+  round below what fills the slots and takes that round's fastest reply as the new base.
 
 The clock is a parameter, so tests drive the limit with simulated time.
 """
@@ -32,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import median
 from typing import Protocol
+
+from batch.backends.base import Completion
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,20 @@ SINGLE_SLOT_FAMILIES = frozenset(
 )
 
 
+def server_wait(completion: Completion) -> float | None:
+    """Seconds a request waited for a slot, by the server's own clock: Ollama's total_duration
+    runs from the handler's start (server/routes.go, ChatHandler), so it holds the load, the
+    wait for the runner's semaphore (llm/llama_server.go, Completion) and the work; None when
+    the reply has no timings (a proxy that strips them, the embedded backend)."""
+    durations = completion.durations_ns
+    total = durations.get("total_duration")
+    work = durations.get("prompt_eval_duration"), durations.get("eval_duration")
+    if not total or work[0] is None or work[1] is None:
+        return None
+    spent = work[0] + work[1] + durations.get("load_duration", 0)
+    return max(total - spent, 0) / 1e9
+
+
 def single_slot(family: str | None) -> bool:
     return family in SINGLE_SLOT_FAMILIES
 
@@ -82,7 +103,7 @@ class Limit(Protocol):
     @property
     def ceiling(self) -> int: ...
 
-    def replied(self, rtt: float, in_flight: int) -> None: ...
+    def replied(self, rtt: float, in_flight: int, wait: float | None = None) -> None: ...
 
     def overloaded(self, sent_at: float) -> None: ...
 
@@ -105,7 +126,7 @@ class FixedLimit:
     def ceiling(self) -> int:
         return self.current
 
-    def replied(self, rtt: float, in_flight: int) -> None:
+    def replied(self, rtt: float, in_flight: int, wait: float | None = None) -> None:
         pass
 
     def overloaded(self, sent_at: float) -> None:
@@ -125,10 +146,25 @@ class _Round:
     start: float
     rtts: list[float] = field(default_factory=list)
     in_flight: list[int] = field(default_factory=list)
+    waits: list[float] | None = field(default_factory=list)  # None: some reply did not say
 
-    def add(self, rtt: float, in_flight: int) -> None:
+    def add(self, rtt: float, in_flight: int, wait: float | None = None) -> None:
         self.rtts.append(rtt)
         self.in_flight.append(in_flight)
+        if self.waits is not None:
+            if wait is None:
+                self.waits = None
+            else:
+                self.waits.append(wait)
+
+    def queue(self, base: float) -> float:
+        """Requests waiting at the server, on average over the round. With the server's own
+        timings, by Little's law: replies a second x the mean wait for a slot; a client slowed
+        by its own work does not count. Without: Vegas's reading of the reply times."""
+        in_flight = sum(self.in_flight) / len(self.in_flight)
+        if self.waits:
+            return in_flight * (sum(self.waits) / len(self.waits)) / (sum(self.rtts) / len(self))
+        return in_flight * (1.0 - base / self.rtt())
 
     def __len__(self) -> int:
         return len(self.rtts)
@@ -187,9 +223,9 @@ class AdaptiveLimit:
             return None
         return round(median(self._history))
 
-    def replied(self, rtt: float, in_flight: int) -> None:
+    def replied(self, rtt: float, in_flight: int, wait: float | None = None) -> None:
         """A reply after `rtt` seconds, to a request sent with `in_flight` requests on the host
-        (itself included)."""
+        (itself included); `wait`: the seconds it waited for a slot, when the server says."""
         now = self._clock()
         if self._base is None or rtt < self._base:
             self._base = rtt
@@ -198,7 +234,7 @@ class AdaptiveLimit:
         if self._remeasure is not None:
             self._remeasuring(now, rtt, in_flight)
             return
-        self._round.add(rtt, in_flight)
+        self._round.add(rtt, in_flight, wait)
         if len(self._round) >= max(1, self._limit // 2):
             self._end_round(now)
 
@@ -245,7 +281,7 @@ class AdaptiveLimit:
         sample, self._round = self._round, _Round(now)
         assert self._base is not None
         in_flight = sum(sample.in_flight) / len(sample)
-        queue = self.queue_estimate = in_flight * (1.0 - self._base / sample.rtt())
+        queue = self.queue_estimate = sample.queue(self._base)
         # Grow only when the limit was what held the requests back, not a lack of rows.
         held_back = max(sample.in_flight) >= self._limit
         if self._slow_start:
@@ -275,7 +311,8 @@ class AdaptiveLimit:
         if not self._slow_start:
             self._history.append(self._limit)
         due = now - self._measured_at >= max(REMEASURE_S, 8 * self._base)
-        if due or (self._queued_rounds >= QUEUED_ROUNDS and queue > QUEUE_HIGH):
+        stale = self._queued_rounds >= QUEUED_ROUNDS and queue > QUEUE_HIGH
+        if (due or stale) and not sample.waits:  # the server's timings need no base
             self._remeasure = (now, self._limit)
             self._round = _Round(now)
 

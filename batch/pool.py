@@ -22,7 +22,7 @@ import anyio
 from batch.backends.base import Backend, ChatRequest, Completion, Usage
 from batch.errors import FatalRunError, ModelMissing, Transient
 from batch.hosts import Host, HostPolicy, Probed
-from batch.limits import OVERLOAD_CAUSES, Limit
+from batch.limits import OVERLOAD_CAUSES, Limit, server_wait
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,15 @@ class HostPool:
                 host.in_flight -= 1
                 self._wake(everyone=bool(host.lacks))
             host.succeeded()
-            self._replied(host, time.monotonic() - sent_at, in_flight)
+            self._replied(host, time.monotonic() - sent_at, in_flight, server_wait(completion))
             if self.meter is not None:
                 self.meter.replied(time.monotonic() - sent_at, completion.usage)
             return replace(completion, host=host.name)
 
-    def _replied(self, host: Host, rtt: float, in_flight: int) -> None:
+    def _replied(self, host: Host, rtt: float, in_flight: int, wait: float | None) -> None:
         host.reply_seconds += rtt
         limit = host.concurrency.current
-        host.concurrency.replied(rtt, in_flight)
+        host.concurrency.replied(rtt, in_flight, wait)
         if host.concurrency.current > limit:  # room for more than the one reply's slot
             self._wake(everyone=True)
 

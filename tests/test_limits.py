@@ -9,7 +9,7 @@ from batch.limits import AdaptiveLimit, FixedLimit
 from tests.limit_sim import Server, Simulation
 
 
-def simulate(slots: int, service: float, seconds: float, **server: float) -> Simulation:
+def simulate(slots: int, service: float, seconds: float, **server: float | bool) -> Simulation:
     sim = Simulation(Server(slots, service, **server))  # type: ignore[arg-type]
     sim.make_limit()
     sim.run(seconds)
@@ -18,8 +18,11 @@ def simulate(slots: int, service: float, seconds: float, **server: float) -> Sim
 
 @pytest.mark.parametrize("slots", [1, 4, 8, 16])
 @pytest.mark.parametrize("service", [0.05, 0.5])
-def test_it_grows_to_keep_every_slot_busy_with_a_short_queue(slots: int, service: float) -> None:
-    sim = simulate(slots, service, 60.0)
+@pytest.mark.parametrize("timings", [False, True], ids=["reply-times", "server-timings"])
+def test_it_grows_to_keep_every_slot_busy_with_a_short_queue(
+    slots: int, service: float, timings: bool
+) -> None:
+    sim = simulate(slots, service, 60.0, timings=timings)
     assert sim.replies >= 0.93 * slots / service * 60.0
     assert sim.queue_area / 60.0 <= 2.2  # requests waiting at the server, time-averaged
     assert sim.limit is not None and sim.limit.settled is not None
@@ -128,3 +131,11 @@ def test_a_model_family_ollama_runs_with_one_slot_starts_at_one() -> None:
     other = AdaptiveLimit()
     other.serves_family("llama")
     assert other.current == 4
+
+
+def test_with_the_servers_timings_a_slow_client_is_not_a_queue() -> None:
+    """A busy client adds its own delay to every reply: by reply times alone that reads as a
+    queue; the server's timings say nobody waited, so the limit still fills the slots."""
+    sim = simulate(8, 0.05, 30.0, timings=True, client_delay=0.05)
+    assert sim.replies >= 0.93 * 160 * 30.0
+    assert sim.queue_area / 30.0 <= 2.0
