@@ -3,7 +3,7 @@
     python scripts/fake_ollama.py --port 11434 --latency 0.05 --slots 8 --fault busy::3
 
 Prints `listening on http://HOST:PORT` once it accepts connections (with `--port 0`, the port
-the OS chose) and exits 0 on SIGTERM or SIGINT, printing its counters as one JSON line
+the OS chose) and exits 0 on SIGTERM or SIGINT, writing its counters to stderr as one JSON line
 (`counters {...}`: requests, queue_seconds, busy_replies, max_in_flight) on the way out.
 """
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy_replies": fake.busy_replies,
         "max_in_flight": fake.max_in_flight,
     }
-    print("counters", json.dumps(counters), flush=True)
+    print("counters", json.dumps(counters), file=sys.stderr, flush=True)
     return 0
 
 
