@@ -1,7 +1,8 @@
 """`python -m batch run FILE`: flags -> config -> run -> exit code. `main(argv)` is what tests call.
+`python -m batch plan FILE`: the same flags; reads, sends nothing (or `--sample N` rows).
 
 Exit codes: 0 every row ok; 1 some row failed; 2 usage, configuration or fatal error;
-130 after SIGINT; 143 after SIGTERM.
+3 stopped at a budget (run again to continue); 130 after SIGINT; 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from typing import Any
 
 from batch.quality.cli import add_eval, run_eval
 
-EXIT_OK, EXIT_ROWS_FAILED, EXIT_FATAL = 0, 1, 2
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_FATAL, EXIT_BUDGET = 0, 1, 2, 3
+EXIT_CODES = (
+    "exit codes: 0 every row ok; 1 some row failed (see the output); 2 usage, configuration or "
+    "fatal error; 3 stopped at a budget (--deadline, --max-tokens, --max-requests): run again "
+    "to continue; 130 after SIGINT; 143 after SIGTERM"
+)
 EXIT_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 log = logging.getLogger("batch")
@@ -38,10 +44,36 @@ def build_parser() -> argparse.ArgumentParser:
             "Label every row of a JSONL file. Rerunning the same command resumes: rows already ok "
             "in the output are skipped, failed rows are tried again."
         ),
+        epilog=EXIT_CODES,
     )
-    run.add_argument("input", type=Path, help="the JSONL file of rows")
-    for adder in (_files, _model, _quality, _reuse, _hosts, _retries, _access, _shards, _display):
-        adder(run)
+    plan = commands.add_parser(
+        "plan",
+        help="read every row as run would and say what a run would do; send nothing",
+        description="Read every line as `run` would and report the rows to label, the rows "
+        "already done, bad lines with their reasons, duplicate ids and estimated input tokens. "
+        "Sends nothing, unless --sample N: then N rows are labelled (written to the output like "
+        "any run's) and the rest projected. Exit 0: every line would run; 1: some line would "
+        "fail; 2: configuration error.",
+    )
+    plan.add_argument(
+        "--json", dest="plan_json", type=Path, metavar="FILE", help="write it as JSON"
+    )
+    plan.add_argument("--sample", type=int, metavar="N", help="label N rows; project the rest")
+    for command in (run, plan):
+        command.add_argument("input", type=Path, help="the JSONL file of rows")
+        for adder in (
+            _files,
+            _model,
+            _quality,
+            _reuse,
+            _hosts,
+            _retries,
+            _budgets,
+            _access,
+            _shards,
+            _display,
+        ):
+            adder(command)
     _add_merge(commands)
     _add_cache(commands)
     add_eval(commands)
@@ -146,7 +178,19 @@ def _hosts(run: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
     )
-    add("-c", "--concurrency", type=int, help="requests in flight per host (default 4)")
+    add(
+        "-c",
+        "--concurrency",
+        type=_concurrency,
+        metavar="N|auto",
+        help="requests in flight per host; auto (default): found per host from its replies",
+    )
+    add(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="with auto: the most a host is ever given (default 64)",
+    )
     add(
         "--embedded-contexts",
         type=int,
@@ -154,6 +198,22 @@ def _hosts(run: argparse.ArgumentParser) -> None:
         help="with --host embedded: llama.cpp contexts, each serving one row at a time "
         "(default: one a core)",
     )
+
+
+def _concurrency(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def _budgets(run: argparse.ArgumentParser) -> None:
+    add = partial(_add, run.add_argument_group("budgets (met: exit 3, run again to continue)"))
+    add(
+        "--deadline",
+        metavar="DURATION|TIME",
+        help="start no row that cannot end by then (50m, 1h30m, or an ISO time); in-flight rows "
+        "finish, the summary is written",
+    )
+    add("--max-tokens", type=int, metavar="N", help="input plus output tokens, every attempt")
+    add("--max-requests", type=int, metavar="N", help="requests sent, every attempt")
 
 
 def _retries(run: argparse.ArgumentParser) -> None:
@@ -304,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _merge(args) if args.command == "merge" else _cache(args)
     verbose = args.__dict__.pop("verbose")
     job_file = args.__dict__.pop("job_file")
-    args.__dict__.pop("command")
+    command = args.__dict__.pop("command")
+    plan_json, sample = args.__dict__.pop("plan_json", None), args.__dict__.pop("sample", None)
     _configure_logging(verbose, quiet=bool(getattr(args, "quiet", False)))
 
     # Imported here so that `--help` stays fast.
@@ -313,13 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from batch.config import load_config, parse_option
     from batch.errors import BatchError
     from batch.pipeline import run_job
-    from batch.summary import human_summary
+    from batch.summary import BUDGET_STOPS, human_summary
 
     flags = dict(vars(args))
     try:
         if "options" in flags:
             flags["options"] = dict(parse_option(o) for o in flags["options"])
         config = load_config(flags, job_file=job_file)
+        if command == "plan":
+            return int(anyio.run(_plan, config, plan_json, sample))
         summary = anyio.run(partial(run_job, config, handle_signals=True, show=not config.quiet))
     except KeyboardInterrupt:  # before the run installed its own signal handling
         log.error("interrupted")
@@ -332,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("the traceback", exc_info=exc)
         return EXIT_FATAL
     sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
+    if summary.stopped_by in BUDGET_STOPS:
+        return EXIT_BUDGET
     if summary.stopped_by:
         return EXIT_BY_SIGNAL.get(summary.stopped_by, EXIT_FATAL)
     return EXIT_ROWS_FAILED if summary.rows.error else EXIT_OK
@@ -347,6 +412,30 @@ def _one_message(exc: Exception) -> str:
     if isinstance(exc, BatchError | OSError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (a bug: run with -v for the traceback)"
+
+
+async def _plan(config: Any, json_path: Path | None, sample: int | None) -> int:
+    """`plan`: the plan of the whole input; with `sample`, N rows labelled and the rest
+    projected from them."""
+    import anyio
+
+    from batch.budget import Budgets
+    from batch.pipeline import row_defaults, run_job
+    from batch.plan import make_plan, project, write_plan
+    from batch.schema import load_schema
+
+    config.check_paths()
+    schema = load_schema(config.schema_ref) if config.schema_ref else None
+    defaults, fingerprint = row_defaults(config, schema), config.fingerprint(schema)
+    plan = await make_plan(config, defaults, fingerprint)
+    if sample:
+        summary = await run_job(config, budgets=Budgets(max_rows=sample), show=not config.quiet)
+        rest = await make_plan(config, defaults, fingerprint)
+        plan.sample = project(summary, rest.rows_to_label)
+    sys.stdout.write(plan.describe() + "\n")
+    if json_path is not None:
+        await anyio.to_thread.run_sync(write_plan, json_path, plan)
+    return EXIT_OK if plan.clean else EXIT_ROWS_FAILED
 
 
 def _configure_logging(verbose: bool, *, quiet: bool) -> None:

@@ -10,7 +10,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,8 +33,10 @@ from batch.access import (
     redacted_host,
 )
 from batch.backends.ollama_options import checked_options
+from batch.budget import Budgets, parse_deadline
 from batch.errors import ConfigError
 from batch.hosts import check_host_list
+from batch.limits import DEFAULT_CEILING
 from batch.schema import OutputSchema
 from batch.shards import Shard, parse_shard, shard_from_environ
 
@@ -53,7 +55,13 @@ class JobConfig(BaseModel):
     summary: Path | None = None
     model: str | None = None
     hosts: tuple[str, ...] = (DEFAULT_HOST,)
-    concurrency: int = Field(4, ge=1, le=1024)
+    # "auto": each host's limit is found as the run goes (batch/limits.py), up to the ceiling.
+    concurrency: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    max_concurrency: int = Field(DEFAULT_CEILING, ge=1, le=1024)
+    # Budgets (batch/budget.py): met, the run stops taking rows and exits 3.
+    deadline: float | None = None  # a Unix time; given as a duration from now or an ISO time
+    max_tokens: int | None = Field(None, ge=1)
+    max_requests: int | None = Field(None, ge=1)
     timeout: float = Field(300.0, gt=0)
     options: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OPTIONS))
     schema_ref: str | None = None
@@ -108,6 +116,15 @@ class JobConfig(BaseModel):
     @classmethod
     def _keep_alive_parses(cls, value: Any) -> float | str | None:
         return keep_alive_value(value)
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline_parses(cls, value: Any) -> float | None:
+        return parse_deadline(value) if isinstance(value, str) else value
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.deadline, self.max_tokens, self.max_requests)
 
     @field_validator("think", mode="before")
     @classmethod
@@ -241,12 +258,16 @@ FLAG_NAMES = {
     "model": "--model",
     "hosts": "--host",
     "concurrency": "--concurrency",
+    "max_concurrency": "--max-concurrency",
     "timeout": "--timeout",
     "options": "--option",
     "schema_ref": "--schema",
     "template": "--template",
     "system": "--system",
     "max_attempts": "--max-attempts",
+    "deadline": "--deadline",
+    "max_tokens": "--max-tokens",
+    "max_requests": "--max-requests",
     "backoff": "--backoff",
     "backoff_max": "--backoff-max",
     "grace_period": "--grace-period",

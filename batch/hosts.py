@@ -2,6 +2,7 @@
 health, from up to out of rotation and back.
 
     --host http://gpu1:11434#8     this host takes 8 requests at once; without `#N`, --concurrency
+    --host http://gpu1:11434#auto  this host's limit is found as the run goes (limits.py)
 
 A host goes out of rotation when it refuses a connection, or after `OUT_AFTER` failed requests in
 a row (dropped connections, 5xx, timeouts). It is probed (`GET /`) after a backoff that doubles
@@ -23,6 +24,7 @@ from typing import Protocol, runtime_checkable
 from batch.access import display_host, host_key
 from batch.backends.base import Backend
 from batch.errors import Transient
+from batch.limits import FixedLimit, Limit
 
 OUT_AFTER = 3  # failed requests in a row that take a host out, when it still accepts connections
 # Failures that say something about the host; a 429 is about the caller's quota.
@@ -33,21 +35,24 @@ NOT_THE_HOSTS_FAULT = frozenset({"http_429"})
 class HostSpec:
     url: str
     concurrency: int | None = None  # None: the run's --concurrency
+    auto: bool = False  # `#auto`: found as the run goes, whatever --concurrency says
 
 
 def parse_host(text: str) -> HostSpec:
-    """`URL` or `URL#N`. A URL never needs a fragment, so `#` is free to carry the count."""
+    """`URL`, `URL#N` or `URL#auto`. A URL never needs a fragment, so `#` is free to carry
+    the count."""
     url, sep, count = text.strip().rpartition("#")
     if not sep:
         return HostSpec(text.strip())
-    if not count.isdigit() or not 1 <= int(count) <= 1024:
+    auto = count == "auto"
+    if not auto and (not count.isdigit() or not 1 <= int(count) <= 1024):
         raise ValueError(
             f"{text!r}: write a host's concurrency as URL#N with N from 1 to 1024, "
-            "e.g. http://gpu1:11434#8"
+            "or URL#auto, e.g. http://gpu1:11434#8"
         )
     if not url.strip():
         raise ValueError(f"{text!r}: the URL before #{count} is missing: write URL#N")
-    return HostSpec(url.strip(), int(count))
+    return HostSpec(url.strip(), None if auto else int(count), auto)
 
 
 def check_host_list(hosts: Sequence[str]) -> None:
@@ -91,6 +96,17 @@ class Host:
     completed: int = 0
     failures: int = 0
     taken_out: int = 0
+    reply_seconds: float = 0.0  # summed over completed requests
+    limit: Limit | None = None  # None: `capacity`, fixed
+
+    def __post_init__(self) -> None:
+        if self.limit is None:
+            self.limit = FixedLimit(self.capacity)
+
+    @property
+    def concurrency(self) -> Limit:
+        assert self.limit is not None
+        return self.limit
 
     @property
     def name(self) -> str:
@@ -101,7 +117,7 @@ class Host:
         return not self.up and self.unreachable_in_a_row >= self.policy.lost_after
 
     def free(self) -> int:
-        return self.capacity - self.in_flight if self.up else 0
+        return self.concurrency.current - self.in_flight if self.up else 0
 
     def serves(self, model: str) -> bool:
         return model not in self.lacks
@@ -113,7 +129,9 @@ class Host:
     def failed(self, failure: Transient) -> bool:
         """Count a failed request; True when that took the host out of rotation."""
         self.failures += 1
-        if failure.cause in NOT_THE_HOSTS_FAULT:
+        if failure.cause in NOT_THE_HOSTS_FAULT or (
+            failure.cause == "http_503" and self.concurrency.backs_off
+        ):
             return False
         self.failures_in_a_row += 1
         # Once per outage: requests already under way when it went down are refused together.
@@ -129,6 +147,7 @@ class Host:
     def probed(self, answered: bool) -> None:
         if answered:
             self.up = True  # failures in a row stay: only a completed request clears them
+            self.concurrency.restart()  # it may come back as another server
         else:
             self.failures_in_a_row += 1
             self.unreachable_in_a_row += 1
@@ -146,7 +165,7 @@ class Host:
     def report(self, elapsed: float) -> dict[str, object]:
         return {
             "state": self.state,
-            "concurrency": self.capacity,
+            **self.concurrency.report(),
             "requests": self.requests,
             "completed": self.completed,
             "failures": self.failures,
@@ -155,4 +174,7 @@ class Host:
             # What /api/version said, for backends that ask (None: not asked or not known).
             "server_version": getattr(self.backend, "server_version", None),
             "completed_per_s": round(self.completed / elapsed, 2) if elapsed else 0.0,
+            "mean_reply_s": round(self.reply_seconds / self.completed, 4)
+            if self.completed
+            else None,
         }

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batch.backends.base import Backend
 from batch.backends.select import open_pool
+from batch.budget import Budget, BudgetReached, Budgets
 from batch.builder import RowBuilder
 from batch.cache import AnswerCache
 from batch.changes import finish_output
@@ -35,6 +36,7 @@ from batch.label import Labeller, RetryPolicy
 from batch.labels import LabelWatch, open_label_watch
 from batch.lock import hold_outputs
 from batch.output import Opener, open_append, prepare_output
+from batch.plan import rows_left
 from batch.pool import HostPool
 from batch.progress import show_progress
 from batch.records import RecordCodec
@@ -44,7 +46,7 @@ from batch.rows import Row, RowDefaults, RowResult
 from batch.schema import OutputSchema, load_schema
 from batch.sink import WRITE_BATCH, Item, ResultSink
 from batch.source import RowSource
-from batch.summary import RunStats, RunSummary, build_summary, write_summary
+from batch.summary import BUDGET_STOPS, RunStats, RunSummary, build_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +60,22 @@ async def run_job(
     handle_signals: bool = False,
     show: bool = False,
     opener: Opener = open_append,
+    budgets: Budgets | None = None,
 ) -> RunSummary:
     """Run `config` to the end (or to a signal) and write its summary.
 
     Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
     on; a row's failure is an error line in the output, never raised. `backends` serve in place
     of the configured hosts (a test double, `batch.testing.TestBackend`); `handle_signals` and
-    `show` are for the CLI; `opener` opens the output files (a test's disk that fills). Another
-    live run writing the same output is a `ConfigError`, raised before any file is touched.
+    `show` are for the CLI; `opener` opens the output files (a test's disk that fills);
+    `budgets` replace the configured ones (`plan --sample`). Another live run writing the same
+    output is a `ConfigError`, raised before any file is touched.
     """
     config.check_paths()
     with hold_outputs(written_by(config)):
         cache = open_answer_cache(config.cache)
         try:
-            return await _run_job(config, backends, handle_signals, show, cache, opener)
+            return await _run_job(config, backends, handle_signals, show, cache, opener, budgets)
         finally:
             if cache is not None:
                 cache.close()
@@ -84,6 +88,7 @@ async def _run_job(
     show: bool,
     cache: AnswerCache | None,
     opener: Opener,
+    budgets: Budgets | None,
 ) -> RunSummary:
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.schema_ref) if config.schema_ref else None
@@ -97,7 +102,9 @@ async def _run_job(
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
     pool = open_pool(config, backends)
     watch = await open_label_watch(config)
-    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener)
+    budget = Budget(budgets or config.budgets)
+    pool.meter = budget
+    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
     log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
     if config.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.shard)
@@ -123,6 +130,7 @@ async def _run_job(
             errors_path=config.errors_file,
             host_report=pool.report(),
             shard=config.shard,
+            left=await _left(config, run, row_defaults(config, schema), codec.fingerprint),
         ).model_copy(update=watch.summary_fields())
         unwritten = await _write_summary(config.summary_path, summary)
     return _outcome(summary, run.fatal, unwritten)
@@ -138,6 +146,7 @@ def _assemble(
     watch: LabelWatch,
     cache: AnswerCache | None,
     opener: Opener,
+    budget: Budget,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
     window = ReorderWindow[Item]() if config.ordered else None
@@ -165,6 +174,7 @@ def _assemble(
         slots=pool.capacity,
         grace_period=config.grace_period,
         window=window,
+        budget=budget,
     )
 
 
@@ -210,6 +220,15 @@ async def _finish_rerun(
         )
 
 
+async def _left(
+    config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
+) -> dict[str, float | int] | None:
+    """After a budget stop: the rows the next run labels, and what is left of each budget."""
+    if run.stopped_by not in BUDGET_STOPS:
+        return None
+    return {"rows": await rows_left(config, defaults, fingerprint), **run.budget.left()}
+
+
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
     return RowDefaults(
         model=config.model,
@@ -235,12 +254,27 @@ class _Run:
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
     stopped_by: str | None = None
+    budget: Budget = field(default_factory=lambda: Budget(Budgets()))
 
     def stop(self) -> None:
         """Take no new rows."""
         self.stopping.set()
         if self.window is not None:
             self.window.close()
+
+    def stop_at_budget(self) -> None:
+        """A budget is met: no new row; rows under way get the grace period."""
+        if self.stopped_by is None:
+            self.stopped_by = self.budget.met
+            log.warning(
+                "the %s budget is met: taking no new rows; rows under way get %gs",
+                self.stopped_by,
+                self.grace_period,
+            )
+            # Rows already sent may run to the deadline itself, then get the grace period.
+            to_deadline = max(self.budget.seconds_to_deadline() or 0.0, 0.0)
+            self.work.deadline = anyio.current_time() + to_deadline + self.grace_period
+        self.stop()
 
     async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -268,6 +302,8 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(self._on_signals)
+                if (seconds := self.budget.seconds_to_deadline()) is not None:
+                    tg.start_soon(self._at_deadline, seconds)
                 if progress is not None:
                     tg.start_soon(self._show, progress)
 
@@ -315,16 +351,28 @@ class _Run:
             async for row in rows:
                 if self.stopping.is_set():
                     return
+                if not self.budget.row_may_start():
+                    self.stop_at_budget()
+                    return
                 try:
                     result = await self.labeller.label(row)
+                except BudgetReached:  # at the send gate: the row is left for the next run
+                    self.stop_at_budget()
+                    return
                 except Exception as exc:  # FatalRunError; a row's own trouble is its result
                     self._fail(exc, "labeller")
                     return
+                self.budget.row_ended(result.elapsed_s, result.usage)
                 try:
                     with anyio.CancelScope(shield=True):  # a finished row is never dropped
                         await results.send(result)
                 except anyio.BrokenResourceError:
                     return  # the writer stopped (a full disk): it reported why
+
+    async def _at_deadline(self, seconds: float) -> None:
+        await anyio.sleep(max(seconds, 0.0))
+        self.budget.met = self.budget.met or "deadline"
+        self.stop_at_budget()
 
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -15,14 +15,24 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import anyio
 
-from batch.backends.base import Backend, ChatRequest, Completion
+from batch.backends.base import Backend, ChatRequest, Completion, Usage
 from batch.errors import FatalRunError, ModelMissing, Transient
 from batch.hosts import Host, HostPolicy, Probed
+from batch.limits import OVERLOAD_CAUSES, Limit, server_wait
 
 log = logging.getLogger(__name__)
+
+
+class Meter(Protocol):
+    """Sees each request as it goes (and may stop it: the run's budgets) and as it returns."""
+
+    def sending(self) -> None: ...
+
+    def replied(self, seconds: float, usage: Usage) -> None: ...
 
 
 class HostPool:
@@ -33,16 +43,24 @@ class HostPool:
         backends: Sequence[Backend],
         concurrency: int | Sequence[int],
         policy: HostPolicy | None = None,
+        limits: Sequence[Limit | None] = (),
     ) -> None:
+        """`limits`: a host's own limit (limits.py) in place of its fixed `concurrency`."""
         if not backends:
             raise ValueError("a pool needs at least one backend")
         counts = [concurrency] * len(backends) if isinstance(concurrency, int) else concurrency
         if len(counts) != len(backends):
             raise ValueError("give one concurrency per backend")
         policy = policy or HostPolicy()
-        self._hosts = [Host(b, n, policy) for b, n in zip(backends, counts, strict=True)]
-        self.capacity = sum(counts)
+        own = list(limits) or [None] * len(backends)
+        self._hosts = [
+            Host(b, n, policy, limit=limit)
+            for b, n, limit in zip(backends, counts, own, strict=True)
+        ]
+        # Labellers are sized from this: the most each host may ever take.
+        self.capacity = sum(h.concurrency.ceiling for h in self._hosts)
         self._waiters: deque[anyio.Event] = deque()
+        self.meter: Meter | None = None
         self._started = time.monotonic()
 
     @property
@@ -65,10 +83,15 @@ class HostPool:
         """Sends on a healthy host with a free slot; the completion names that host."""
         while True:
             host = await self._acquire(request.model)
+            sent_at, in_flight = time.monotonic(), host.in_flight
             try:
+                if self.meter is not None:
+                    self.meter.sending()  # in the try: a request it stops frees its slot
                 host.requests += 1
                 completion = await host.backend.chat(request)
             except Transient as failure:
+                if failure.cause in OVERLOAD_CAUSES:
+                    host.concurrency.overloaded(sent_at)
                 if host.failed(failure):
                     log.warning(
                         "%s is out of rotation (%s); its rows go to the other hosts",
@@ -86,7 +109,17 @@ class HostPool:
                 host.in_flight -= 1
                 self._wake(everyone=bool(host.lacks))
             host.succeeded()
+            self._replied(host, time.monotonic() - sent_at, in_flight, server_wait(completion))
+            if self.meter is not None:
+                self.meter.replied(time.monotonic() - sent_at, completion.usage)
             return replace(completion, host=host.name)
+
+    def _replied(self, host: Host, rtt: float, in_flight: int, wait: float | None) -> None:
+        host.reply_seconds += rtt
+        limit = host.concurrency.current
+        host.concurrency.replied(rtt, in_flight, wait)
+        if host.concurrency.current > limit:  # room for more than the one reply's slot
+            self._wake(everyone=True)
 
     async def aclose(self) -> None:
         for host in self._hosts:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from batch.hosts import Host
@@ -62,6 +62,40 @@ def _per_host(stats: RunStats, hosts: Sequence[Host]) -> str:
     )
 
 
+def _concurrency(hosts: Sequence[Host]) -> str:
+    """Each host's requests in flight now, and where an adaptive limit settled (`c 6/6`)."""
+    parts = []
+    for h in hosts:
+        report = h.concurrency.report()
+        settled = report.get("settled_concurrency")
+        text = f"c {report['concurrency']}" + (f"/{settled}" if settled is not None else "")
+        parts.append(text if len(hosts) == 1 else f"{h.name} {text}")
+    return ", ".join(parts)
+
+
+class RecentRate:
+    """Rows a second over the last `window` seconds: an ETA that follows the run's pace now,
+    not its average since a slow start."""
+
+    def __init__(self, window: float = 30.0) -> None:
+        self._window = window
+        self._points: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, done: int) -> float:
+        self._points.append((now, done))
+        while len(self._points) > 2 and now - self._points[0][0] > self._window:
+            self._points.popleft()
+        (then, before) = self._points[0]
+        return (done - before) / (now - then) if now > then else 0.0
+
+
+def eta(rate: float, done: int, total: int | None) -> str:
+    if not total or rate <= 0 or done >= total:
+        return "?"
+    seconds = int((total - done) / rate)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 async def _bar(stats: RunStats, total: Callable[[], int | None], hosts: Sequence[Host]) -> None:
     columns = (
         TextColumn("[bold]labelling"),
@@ -69,18 +103,21 @@ async def _bar(stats: RunStats, total: Callable[[], int | None], hosts: Sequence
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task("rows", total=None, detail="")
+        recent = RecentRate()
         try:
             while True:
+                rate = recent.add(stats.elapsed_s, stats.ok + stats.error)
                 progress.update(
                     task,
                     completed=stats.done,
                     total=total(),
                     detail=f"ok {stats.ok} failed {stats.error} skipped {stats.skipped}"
-                    + _hosts_up(hosts),
+                    + _hosts_up(hosts)
+                    + f", {rate:.1f} rows/s, {_concurrency(hosts)}, "
+                    + f"ETA {eta(rate, stats.done, total())}",
                 )
                 await anyio.sleep(0.2)
         finally:
@@ -90,20 +127,24 @@ async def _bar(stats: RunStats, total: Callable[[], int | None], hosts: Sequence
 async def _log_lines(
     stats: RunStats, total: Callable[[], int | None], every: float, hosts: Sequence[Host]
 ) -> None:
+    recent = RecentRate()
+    recent.add(stats.elapsed_s, stats.ok + stats.error)
     while True:
         await anyio.sleep(every)
-        elapsed = stats.elapsed_s
-        rate = (stats.ok + stats.error) / elapsed if elapsed else 0.0
+        rate = recent.add(stats.elapsed_s, stats.ok + stats.error)
         log.info(
-            "progress: %d/%s rows (ok %d, failed %d, skipped %d), %.1f rows/s, %d retries%s",
+            "progress: %d/%s rows (ok %d, failed %d, skipped %d), %.1f rows/s, ETA %s, "
+            "%d retries%s, %s",
             stats.done,
             total() or "?",
             stats.ok,
             stats.error,
             stats.skipped,
             rate,
+            eta(rate, stats.done, total()),
             sum(stats.retries.values()),
             _hosts_up(hosts),
+            _concurrency(hosts),
         )
         if len(hosts) > 1:
             log.info("rows ok by host: %s", _per_host(stats, hosts))

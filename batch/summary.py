@@ -95,7 +95,10 @@ class Throughput(BaseModel):
 
 
 # Written only when they apply, so that a plain run's summary stays short.
-OPTIONAL = frozenset({"shard", "by_host", "fatal", "stopped_by", "labels", "confidence", "review"})
+OPTIONAL = frozenset(
+    {"shard", "by_host", "fatal", "stopped_by", "left", "labels", "confidence", "review"}
+)
+BUDGET_STOPS = frozenset({"deadline", "max_tokens", "max_requests", "max_rows"})
 
 
 class RunSummary(BaseModel):
@@ -131,6 +134,8 @@ class RunSummary(BaseModel):
     by_host: dict[str, dict[str, Any]] | None = None
     fatal: str | None = None
     stopped_by: str | None = None
+    # After a budget stop: the rows the next run would label, and what is left of each budget.
+    left: dict[str, float | int] | None = None
 
     def as_record(self) -> dict[str, Any]:
         record = self.model_dump(mode="json")
@@ -150,6 +155,7 @@ def build_summary(
     errors_path: Path | None = None,
     host_report: dict[str, dict[str, Any]] | None = None,
     shard: str | None = None,
+    left: dict[str, float | int] | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
@@ -196,6 +202,7 @@ def build_summary(
         by_host=by_host,
         fatal=fatal,
         stopped_by=stopped_by,
+        left=left,
     )
 
 
@@ -225,6 +232,15 @@ def _reuse_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
+def concurrency_text(host: dict[str, Any]) -> str:
+    """`fixed at 4`, or `auto, settled at 17, now 18`."""
+    if host.get("concurrency_mode") != "auto":
+        return f"fixed at {host.get('concurrency')}"
+    settled = host.get("settled_concurrency")
+    where = f"settled at {settled}" if settled is not None else "not settled"
+    return f"auto, {where}, now {host.get('concurrency')}"
+
+
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
     rows, usage = summary.rows, summary.usage
     lines = [
@@ -251,10 +267,19 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
         lines.append(
             f"  {name}: {host['rows_ok']} ok, {host['rows_failed']} failed, "
             f"{host['failures']} failed requests, out of rotation {host['taken_out']}x, "
-            f"{host['completed_per_s']:.1f} replies/s, now {host['state']}{lacks}"
+            f"{host['completed_per_s']:.1f} replies/s, concurrency {concurrency_text(host)}, "
+            f"now {host['state']}{lacks}"
         )
     lines.extend(label_lines(summary.labels, summary.review))
-    if summary.stopped_by:
+    if len(by_host) == 1:
+        lines.append(f"concurrency: {concurrency_text(next(iter(by_host.values())))}")
+    if summary.stopped_by in BUDGET_STOPS:
+        rows_left = (summary.left or {}).get("rows", "some")
+        lines.append(
+            f"stopped at a budget ({summary.stopped_by}); {rows_left} rows left: "
+            "run again to continue"
+        )
+    elif summary.stopped_by:
         lines.append(f"stopped by {summary.stopped_by}: run the same command again to resume")
     if summary.fatal:
         lines.append(f"stopped early: {summary.fatal}")

@@ -200,9 +200,18 @@ def measure(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path) -
 
 
 @contextmanager
-def fake_ollama(suite: Suite, name: str, *, latency: float, slots: int) -> Iterator[str]:
+def fake_ollama(
+    suite: Suite,
+    name: str,
+    *,
+    latency: float,
+    slots: int,
+    max_queue: int | None = None,
+    counters: dict[str, Any] | None = None,
+) -> Iterator[str]:
     """The fake Ollama server in its own process on loopback; yields its URL. Stopped with
-    SIGTERM (then SIGKILL if it lingers) when the block ends, however it ends."""
+    SIGTERM (then SIGKILL if it lingers) when the block ends, however it ends; then `counters`,
+    if given, gets what the server counted (requests, queue_seconds, busy_replies, ...)."""
     argv = [
         sys.executable,
         str(FAKE_SERVER),
@@ -217,6 +226,7 @@ def fake_ollama(suite: Suite, name: str, *, latency: float, slots: int) -> Itera
         "--model",
         MODEL,
         "--no-record",
+        *(["--max-queue", str(max_queue)] if max_queue is not None else []),
     ]
     log = suite.log_file(f"{name}-server")
     with log.open("wb") as sink:
@@ -243,6 +253,9 @@ def fake_ollama(suite: Suite, name: str, *, latency: float, slots: int) -> Itera
             code = server.wait()
         if server.stdout is not None:
             server.stdout.close()
+        said = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        if counters is not None and (found := re.search(r"^counters (.*)$", said, re.M)):
+            counters.update(json.loads(found.group(1)))
         if code not in (0, -signal.SIGTERM):
             note(f"  fake server exited {code}:\n{tail(log)}")
 
@@ -447,6 +460,12 @@ def bench_efficiency(suite: Suite) -> None:
     )
 
 
+def bench_auto(suite: Suite) -> None:
+    from bench_auto import compare  # a grid of its own: scripts/bench_auto.py
+
+    suite.figures += compare(suite)
+
+
 def bench_embedded(suite: Suite) -> None:
     from bench_embedded import compare  # needs the embedded extra; imported only when run
 
@@ -584,6 +603,7 @@ BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "reuse": _reuse_benchmarks("reuse"),
     "peers": bench_peers,
     "embedded": bench_embedded,
+    "auto": bench_auto,
 }
 
 

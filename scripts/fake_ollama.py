@@ -4,12 +4,15 @@
 
 It serves Ollama's OpenAI-compatible `/v1` routes too (fake_openai.py, beside this script), which
 the peers in bench_peers.py talk to. Prints `listening on http://HOST:PORT` once it accepts
-connections (with `--port 0`, the port the OS chose) and exits 0 on SIGTERM or SIGINT.
+connections (with `--port 0`, the port the OS chose) and exits 0 on SIGTERM or SIGINT, writing
+its counters to stderr as one JSON line (`counters {...}`: requests, queue_seconds,
+busy_replies, max_in_flight) on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from functools import partial
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
     parser.add_argument("--slots", type=int, default=4, help="parallel generations")
     parser.add_argument(
+        "--max-queue", type=int, help="503 'server busy' past this many waiting (OLLAMA_MAX_QUEUE)"
+    )
+    parser.add_argument(
         "--model", action="append", dest="models", metavar="NAME", help="repeatable"
     )
     parser.add_argument("--context-length", type=int, default=4096)
@@ -98,11 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         context_length=args.context_length,
         port=args.port,
         record_requests=args.record,
+        max_queue=args.max_queue,
     )
     fake_openai.mount(fake)
     for fault in args.fault:
         fake.add_fault(fault)
     anyio.run(_serve, fake, args.host)
+    counters = {
+        "requests": fake.request_count,
+        "queue_seconds": round(fake.queue_seconds, 3),
+        "busy_replies": fake.busy_replies,
+        "max_in_flight": fake.max_in_flight,
+    }
+    print("counters", json.dumps(counters), file=sys.stderr, flush=True)
     return 0
 
 

@@ -20,7 +20,7 @@ def input_file(tmp_path: Path) -> Path:
 def test_defaults(input_file: Path) -> None:
     config = load_config({"input": input_file}, environ={})
     assert config.hosts == (DEFAULT_HOST,)
-    assert config.concurrency == 4
+    assert config.concurrency == "auto"
     assert config.max_attempts == 5
     assert config.options == {"temperature": 0}
     assert config.output_path == input_file.with_name("in.out.jsonl")

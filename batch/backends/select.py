@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from batch.backends.base import Backend
 from batch.config import JobConfig
 from batch.hosts import HostPolicy, parse_host
+from batch.limits import AdaptiveLimit, Limit
 from batch.pool import HostPool
 
 
@@ -16,7 +17,15 @@ def open_pool(config: JobConfig, backends: Sequence[Backend] | None = None) -> H
     """The configured hosts as one backend; `backends`, when given, serve in their place, each
     at --concurrency."""
     if backends is None:
-        return HostPool(open_backends(config), host_concurrency(config), host_policy(config))
+        return HostPool(
+            open_backends(config),
+            host_concurrency(config),
+            host_policy(config),
+            [_limit(config, host) for host in config.hosts],
+        )
+    if config.concurrency == "auto":
+        limits = [AdaptiveLimit(config.max_concurrency) for _ in backends]
+        return HostPool(backends, config.max_concurrency, host_policy(config), limits)
     return HostPool(backends, config.concurrency, host_policy(config))
 
 
@@ -25,12 +34,39 @@ def host_policy(config: JobConfig) -> HostPolicy:
 
 
 def host_concurrency(config: JobConfig) -> list[int]:
-    """Each host's own `#N`, else --concurrency."""
-    return [parse_host(h).concurrency or config.concurrency for h in config.hosts]
+    """Each host's own `#N`, else --concurrency; for a limit found as the run goes, its ceiling
+    (an embedded model's: one context a core)."""
+    counts = []
+    for host in config.hosts:
+        spec = parse_host(host)
+        if spec.concurrency is not None:
+            counts.append(spec.concurrency)
+        elif not spec.auto and isinstance(config.concurrency, int):
+            counts.append(config.concurrency)
+        elif is_embedded(spec.url):  # in process: no round trip to cover, no queue to find
+            counts.append(config.embedded_contexts or os.cpu_count() or 1)
+        else:
+            counts.append(config.max_concurrency)
+    return counts
+
+
+def _limit(config: JobConfig, host: str) -> Limit | None:
+    """An adaptive limit for a host under `auto`; None: its count is fixed."""
+    spec = parse_host(host)
+    fixed = spec.concurrency is not None or (not spec.auto and config.concurrency != "auto")
+    if fixed or is_embedded(spec.url):
+        return None
+    return AdaptiveLimit(config.max_concurrency)
+
+
+def is_embedded(host: str) -> bool:
+    from batch.backends.embedded import is_embedded
+
+    return is_embedded(host)
 
 
 def open_backends(config: JobConfig) -> list[Backend]:
-    from batch.backends.embedded import EmbeddedBackend, is_embedded
+    from batch.backends.embedded import EmbeddedBackend
     from batch.backends.http_client import AccessSettings
     from batch.backends.ollama import OllamaBackend
 

@@ -187,6 +187,7 @@ class FakeOllama:
         vision_models: Sequence[str] = (),
         model_info: bool = True,
         check_host_header: bool = False,
+        max_queue: int | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -213,6 +214,15 @@ class FakeOllama:
         self.max_in_flight = 0
         self.max_generating = 0
         """Highest number of requests holding a generation slot at one instant (<= slots)."""
+        self.max_queue = max_queue
+        """As Ollama's OLLAMA_MAX_QUEUE: a request that finds this many waiting for a slot is
+        answered 503 "server busy" (None: no limit)."""
+        self.busy_replies = 0
+        """Requests answered 503 because the queue was full (`max_queue`)."""
+        self.queue_seconds = 0.0
+        """Seconds requests spent waiting for a slot, summed: over a span of time, divided by
+        it, the time-averaged number of requests waiting in the queue."""
+        self._waiting = 0
         self._port = port
         self._catalog = _wire.Catalog(
             models, context_length, thinking_models, vision_models, model_info=model_info
@@ -529,6 +539,9 @@ class FakeOllama:
         if isinstance(planned, web.Response):
             return planned
         content, done_reason = planned
+        if self.max_queue is not None and self._queue_full():
+            self.busy_replies += 1
+            return _wire.canned_response("busy")
         started, finished = await self._hold_slot()
         if fault == "stream_error" and not stream:
             return _wire.error_response(500, _wire.STREAM_ERROR)
@@ -636,7 +649,14 @@ class FakeOllama:
     async def _hold_slot(self) -> tuple[int, int]:
         """Holds a generation slot for `latency`; returns when it was taken and let go (ns)."""
         assert self._slot_sem is not None
-        async with self._slot_sem:
+        self._waiting += 1
+        queued = time.monotonic_ns()
+        try:
+            await self._slot_sem.acquire()
+        finally:
+            self._waiting -= 1
+            self.queue_seconds += (time.monotonic_ns() - queued) / 1e9
+        try:
             started = time.monotonic_ns()
             self._generating += 1
             self.max_generating = max(self.max_generating, self._generating)
@@ -646,6 +666,12 @@ class FakeOllama:
             finally:
                 self._generating -= 1
             return started, time.monotonic_ns()
+        finally:
+            self._slot_sem.release()
+
+    def _queue_full(self) -> bool:
+        assert self.max_queue is not None
+        return self._generating >= self.slots and self._waiting >= self.max_queue
 
     def _take_fault(self, text: str) -> str | None:
         if not self._rules:  # the common case in benchmarks: skip the lock
