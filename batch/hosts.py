@@ -65,6 +65,13 @@ def check_host_list(hosts: Sequence[str]) -> None:
 
 
 @runtime_checkable
+class KnowsFamilies(Protocol):
+    """A backend that can say which family a model it served belongs to (Ollama's /api/show)."""
+
+    def model_family(self, model: str) -> str | None: ...
+
+
+@runtime_checkable
 class Probed(Protocol):
     """A backend that can tell whether its server answers, without running a model."""
 
@@ -90,6 +97,7 @@ class Host:
     next_probe: float = 0.0
     probing: bool = False
     lacks: set[str] = field(default_factory=set)  # models this host does not have
+    families_told: set[str] = field(default_factory=set)  # models whose family the limit knows
     last_failure: str = ""
     # Counters for the summary.
     requests: int = 0
@@ -98,6 +106,13 @@ class Host:
     taken_out: int = 0
     reply_seconds: float = 0.0  # summed over completed requests
     limit: Limit | None = None  # None: `capacity`, fixed
+
+    def served(self, model: str) -> None:
+        """After a reply for `model`: the limit learns the model's family, once a model."""
+        if model in self.families_told or not isinstance(self.backend, KnowsFamilies):
+            return
+        self.families_told.add(model)
+        self.concurrency.serves_family(self.backend.model_family(model))
 
     def __post_init__(self) -> None:
         if self.limit is None:

@@ -39,6 +39,7 @@ from statistics import median
 from typing import Protocol
 
 from batch.backends.base import Completion
+from batch.backends.model_check import ONE_SLOT_FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,10 @@ QUEUED_ROUNDS = 3  # rounds in a row that look queued before the base is re-meas
 SETTLED_ROUNDS = 20  # the settled concurrency: the median limit over this many rounds
 DEFAULT_CEILING = 64  # --max-concurrency: past it, a server is better told with #N
 OVERLOAD_CAUSES = frozenset({"http_503", "http_429", "timeout"})
-# Ollama runs these model families with one slot whatever OLLAMA_NUM_PARALLEL says (server/
-# sched.go, Scheduler.load: "not safe with num_parallel > 1"), and embedding models too. The
-# family is `details.family` of /api/show. The hook: once a backend reports the family of the
-# model it serves, it calls `AdaptiveLimit.serves_family`, and a one-slot host starts at one.
-SINGLE_SLOT_FAMILIES = frozenset(
-    {
-        "mllama",
-        "qwen3vl",
-        "qwen3vlmoe",
-        "qwen35",
-        "qwen35moe",
-        "qwen3next",
-        "lfm2",
-        "lfm2moe",
-        "nemotron_h",
-        "nemotron_h_moe",
-        "nemotron_h_omni",
-    }
-)
+# Ollama runs some model families with one slot whatever OLLAMA_NUM_PARALLEL says
+# (ONE_SLOT_FAMILIES, from server/sched.go, Scheduler.load). Once a backend knows the family of
+# the model a host serves (`details.family` of /api/show), the pool tells the host's limit
+# (`serves_family`), and a one-slot host starts at one.
 
 
 def server_wait(completion: Completion) -> float | None:
@@ -85,7 +71,7 @@ def server_wait(completion: Completion) -> float | None:
 
 
 def single_slot(family: str | None) -> bool:
-    return family in SINGLE_SLOT_FAMILIES
+    return family in ONE_SLOT_FAMILIES
 
 
 class Limit(Protocol):
@@ -108,6 +94,8 @@ class Limit(Protocol):
     def overloaded(self, sent_at: float) -> None: ...
 
     def restart(self) -> None: ...
+
+    def serves_family(self, family: str | None) -> None: ...
 
     def report(self) -> dict[str, object]: ...
 
@@ -134,6 +122,9 @@ class FixedLimit:
 
     def restart(self) -> None:
         pass
+
+    def serves_family(self, family: str | None) -> None:
+        pass  # a limit the user set is kept; server_notes warns when it is above one
 
     def report(self) -> dict[str, object]:
         return {"concurrency": self.current, "concurrency_mode": "fixed"}

@@ -110,6 +110,7 @@ class HostPool:
                 self._wake(everyone=bool(host.lacks))
             host.succeeded()
             self._replied(host, time.monotonic() - sent_at, in_flight, server_wait(completion))
+            host.served(request.model)  # after the reply counted: the family has the last word
             if self.meter is not None:
                 self.meter.replied(time.monotonic() - sent_at, completion.usage)
             return replace(completion, host=host.name)

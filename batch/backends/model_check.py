@@ -105,6 +105,11 @@ class ModelCheck:
             raise known
         return known
 
+    def family(self, model: str) -> str | None:
+        """The model's family, once `facts` has read it (None before, or when unknown)."""
+        known = self._facts.get(model)
+        return known.family if isinstance(known, ModelFacts) else None
+
     async def context_length(self, model: str, options: Mapping[str, Any]) -> int | None:
         facts = await self.facts(model)
         requested = options.get("num_ctx")

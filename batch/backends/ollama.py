@@ -119,6 +119,11 @@ class OllamaBackend:
             return False
         return response.status_code < 500
 
+    def model_family(self, model: str) -> str | None:
+        """The family /api/show gave for `model` (a one-slot family starts an auto limit at
+        one); None until its first request asked."""
+        return self._models.family(model)
+
     async def chat(self, request: ChatRequest) -> Completion:
         facts = await self._models.facts(request.model)
         await self._first_use(request.model, facts)
