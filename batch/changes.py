@@ -8,13 +8,12 @@ atomic rename, and only when there is something to take out.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.idset import IdSet, Sighting
-from batch.records import RecordCodec, native_view
+from batch.output import rewrite
+from batch.records import RecordCodec, read_native
 from batch.rows import id_key
 
 
@@ -42,30 +41,26 @@ def finish_output(
         return 0
     pruned = 0
     glance = codec.ok_key_at_a_glance if codec.output_format == "native" else None
-    scratch = path.with_name(path.name + ".resume-tmp")
-    with path.open("rb") as source, scratch.open("wb") as target:
-        for raw in source:
-            seen = glance(raw) if glance else None
-            key = seen[0] if seen else _key_of(raw)
-            if key is not None and key in changes.changed:
-                if changes.changed.sight(key) is Sighting.DONE:  # its first line: the old label
-                    continue
-            elif prune and key is not None and key in done and not done.was_seen(key):
-                pruned += 1
-                continue
-            target.write(raw)
-        target.flush()
-        os.fsync(target.fileno())
-    os.replace(scratch, path)
+
+    def keep(number: int, raw: bytes) -> bool:
+        nonlocal pruned
+        seen = glance(raw) if glance else None
+        key = seen[0] if seen else _key_of(raw)
+        if key is not None and key in changes.changed:
+            # Its first line is the old label: the new one was appended after it.
+            return changes.changed.sight(key) is not Sighting.DONE
+        if prune and key is not None and key in done and not done.was_seen(key):
+            pruned += 1
+            return False
+        return True
+
+    rewrite(path, keep)
     return pruned
 
 
 def _key_of(raw: bytes) -> str | None:
-    try:
-        record, _ = native_view(json.loads(raw))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    row_id = record.get("id")
+    read = read_native(raw)
+    row_id = read[0].get("id") if read else None
     return (
         id_key(row_id) if isinstance(row_id, str | int) and not isinstance(row_id, bool) else None
     )

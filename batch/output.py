@@ -79,21 +79,35 @@ def _earlier_lines(path: Path, codec: RecordCodec, repeated: set[str]) -> list[i
 
 
 def _leave_out(path: Path, dropped: array[int]) -> None:
-    """Rewrites `path` without the `dropped` lines, through a temporary file and an atomic
-    rename: a kill at any instant leaves either the old file or the new one."""
-    scratch = path.with_name(path.name + ".resume-tmp")
+    """Rewrites `path` without the `dropped` lines (ascending line numbers)."""
     skip = iter(dropped)
     next_skip = next(skip, 0)
+
+    def keep(number: int, raw: bytes) -> bool:
+        nonlocal next_skip
+        if number != next_skip:
+            return True
+        next_skip = next(skip, 0)
+        return False
+
+    rewrite(path, keep)
+
+
+def rewrite(path: Path, keep: Callable[[int, bytes], bool]) -> None:
+    """Rewrites `path` with the lines (numbered from 1) that `keep` accepts, through a
+    temporary file and an atomic rename: a kill at any instant leaves either the old file or
+    the new one, and a failure (a full disk) leaves no half copy."""
+    scratch = path.with_name(path.name + ".resume-tmp")
     try:
         with path.open("rb") as source, scratch.open("wb") as target:
             for number, raw in enumerate(source, start=1):
-                if number == next_skip:
-                    next_skip = next(skip, 0)
-                else:
+                if keep(number, raw):
                     target.write(raw)
+            target.flush()
+            os.fsync(target.fileno())
         os.replace(scratch, path)
     finally:
-        scratch.unlink(missing_ok=True)  # after a failure (a full disk): no half copy left
+        scratch.unlink(missing_ok=True)
 
 
 Opener = Callable[[Path], io.RawIOBase]  # the seam a test uses for a disk that fills

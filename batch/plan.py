@@ -158,9 +158,7 @@ def _done_ids(path: Path, codec: RecordCodec) -> IdSet:
         return done
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
-            key = codec.ok_key_at_a_glance(raw) if codec.output_format == "native" else None
-            if key is None:
-                key = codec.done_key(path, number, raw)
+            key = codec.read_done(path, number, raw)
             if key is not None:
                 done.add(*key)
     return done

@@ -210,6 +210,13 @@ class RecordCodec:
         digest = record.get(DIGEST_KEY)
         return id_key(record["id"]), short(digest) if isinstance(digest, str) and digest else 0
 
+    def read_done(self, path: Path, number: int, raw: bytes) -> Done | None:
+        """An `ok` line's id key and digest: at a glance when it can be, else by `done_key`'s
+        full reading (with its refusals)."""
+        if self.output_format == "native" and (ok := self.ok_key_at_a_glance(raw)) is not None:
+            return ok
+        return self.done_key(path, number, raw)
+
     def ok_key_at_a_glance(self, raw: bytes) -> Done | None:
         """The id key and short digest of an `ok` native line as `native_record` writes it,
         found without parsing the whole line; None otherwise, and the line gets `done_key`'s
