@@ -16,21 +16,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from batch.backends.base import ChatRequest, Completion, Usage
-from batch.backends.constraint import (
-    SchemaGrammars,
-    SchemaMask,
-    TokenCache,
-    Uncompilable,
-    build_tokenizer,
-    default_cache_dir,
-)
-from batch.backends.token_logprobs import LogprobRecorder
 from batch.errors import ConfigError, FatalRunError, Rejected, Transient
+
+if TYPE_CHECKING:
+    from batch.backends.constraint import SchemaGrammars, SchemaMask
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +187,14 @@ class EmbeddedBackend:
                 "(python -m pip install -e '.[embedded]')"
             )
             return None
+        # Loaded with the model, like llama_cpp: a run on Ollama never imports numpy for them.
+        from batch.backends.constraint import (
+            SchemaGrammars,
+            TokenCache,
+            build_tokenizer,
+            default_cache_dir,
+        )
+
         cache = TokenCache(self._path, default_cache_dir())
         try:
             return SchemaGrammars(build_tokenizer(llama_cpp, llm, cache))
@@ -209,6 +211,8 @@ class EmbeddedBackend:
         """The engine's logits processor for `schema`, or None for llama.cpp's grammar."""
         if self._grammars is None:
             return None
+        from batch.backends.constraint import Uncompilable
+
         try:
             return self._grammars.processor(schema, greedy=greedy)
         except Uncompilable as exc:
@@ -254,6 +258,8 @@ class EmbeddedBackend:
 
     def _complete(self, llm: Any, request: ChatRequest) -> dict[str, Any]:
         import llama_cpp
+
+        from batch.backends.token_logprobs import LogprobRecorder
 
         kwargs: dict[str, Any] = {
             SAMPLING[key]: value for key, value in request.options.items() if key in SAMPLING
