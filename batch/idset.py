@@ -51,11 +51,13 @@ class IdSet:
     def add(self, key: str, digest: int = 0) -> bool:
         """Records `key` as done in an earlier run, with its input `digest`; False when it was
         there already (then the later line's digest is kept: it is the newer label)."""
-        entry = _entry(key)
-        table, size = self._table, len(self._table)
+        # `_entry` and `_find`, inlined: resume calls this once a done row.
+        entry = ((hash(key) & _MASK63) or 1) << 1
+        table = self._table
+        size = len(table)
         slot = (entry >> 1) % size
         while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
-            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined: resume calls this a lot
+            slot = slot + 1 if slot + 1 < size else 0
         self._digests[slot] = digest
         if current != _EMPTY:
             return False
@@ -67,18 +69,19 @@ class IdSet:
 
     def sight_unchanged(self, key: str, digest: int) -> bool:
         """Sights `key` when it was done with this input `digest` (or with none recorded);
-        False, touching nothing, otherwise. Resume's fast path."""
-        entry = _entry(key)
-        table, size = self._table, len(self._table)
+        False, touching nothing, otherwise. Resume's fast path, inlined as `add` is."""
+        entry = ((hash(key) & _MASK63) or 1) << 1
+        table = self._table
+        size = len(table)
         slot = (entry >> 1) % size
         while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
-            slot = slot + 1 if slot + 1 < size else 0  # _find, inlined
+            slot = slot + 1 if slot + 1 < size else 0
         if current == _EMPTY or current & _SEEN:
             return False
         stored = self._digests[slot]
         if stored != digest and stored != 0:
             return False
-        self._table[slot] = current | _SEEN
+        table[slot] = current | _SEEN
         return True
 
     def sight(self, key: str) -> Sighting:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import anyio
 
+from batch.done import read_done
 from batch.errors import FatalRunError
 from batch.idset import IdSet
-from batch.reader import LineCountGuess
 from batch.records import RecordCodec
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,8 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
     if overwrite:
         path.unlink()
         return done
-    glance = codec.ok_key_at_a_glance if codec.output_format == "native" else None
-    dropped = array("Q")  # line numbers to leave out; usually none, so no copy is made
-    repeated: set[str] = set()  # ids with two ok lines: a run killed before it took one out
-    guess = LineCountGuess(path)
-    with path.open("rb") as source:
-        for number, raw in enumerate(source, start=1):
-            if guess.pending and (expected := guess.after(raw)):
-                done.reserve(expected)
-            ok = glance(raw) if glance else None
-            if ok is None:
-                ok = codec.done_key(path, number, raw)
-            if ok is None:
-                dropped.append(number)
-            elif not done.add(*ok):
-                repeated.add(ok[0])
+    found = read_done(path, codec, done)
+    dropped, repeated = found.dropped, found.repeated
     if repeated:  # the later line is the newer label: keep it, drop the earlier ones
         dropped = array("Q", sorted([*dropped, *_earlier_lines(path, codec, repeated)]))
     if dropped:

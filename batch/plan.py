@@ -18,6 +18,7 @@ import anyio
 
 from batch.builder import RowBuilder
 from batch.config import JobConfig
+from batch.done import read_done
 from batch.idset import IdSet
 from batch.records import RecordCodec
 from batch.rows import Row, RowDefaults, id_key
@@ -154,13 +155,8 @@ def describe_sample(sample: dict[str, Any]) -> str:
 def _done_ids(path: Path, codec: RecordCodec) -> IdSet:
     """The ids of `ok` rows in an earlier output, read only (run's resume also compacts)."""
     done = IdSet()
-    if not path.exists():
-        return done
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            key = codec.read_done(path, number, raw)
-            if key is not None:
-                done.add(*key)
+    if path.exists():
+        read_done(path, codec, done)
     return done
 
 

@@ -17,9 +17,12 @@ CHUNK = 1 << 16
 BOM = b"\xef\xbb\xbf"
 
 
-async def read_lines(path: Path) -> AsyncGenerator[tuple[int, bytes], None]:
-    """Non-blank lines, numbered from 1 as an editor numbers them; a leading BOM is dropped."""
-    number = 0
+async def read_chunks(path: Path) -> AsyncGenerator[tuple[int, list[bytes]], None]:
+    """The file's lines a chunk at a time: (the number of the chunk's first line, its lines
+    without their line ends), numbered from 1 as an editor numbers them. Blank lines are
+    included, for the caller to skip, so that a line's number is its place in the list; a
+    leading BOM is dropped. A resume skips most lines without a step a line on the event loop."""
+    number = 1
     pending = b""
     first = True
     source = await aiofiles.open(path, "rb")
@@ -30,15 +33,22 @@ async def read_lines(path: Path) -> AsyncGenerator[tuple[int, bytes], None]:
                 first = False
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            for raw in lines:
-                number += 1
-                if raw.strip():
-                    yield number, raw
+            if lines:
+                yield number, lines
+                number += len(lines)
     finally:
         with anyio.CancelScope(shield=True):  # a cancelled run still closes its file
             await source.close()
-    if pending.strip():
-        yield number + 1, pending
+    if pending:
+        yield number, [pending]
+
+
+async def read_lines(path: Path) -> AsyncGenerator[tuple[int, bytes], None]:
+    """Non-blank lines, numbered as `read_chunks` numbers them."""
+    async for first, lines in read_chunks(path):
+        for number, raw in enumerate(lines, start=first):
+            if raw.strip():
+                yield number, raw
 
 
 def count_lines(path: Path) -> int:
@@ -66,9 +76,16 @@ class LineCountGuess:
 
     def after(self, raw: bytes) -> int | None:
         """Feed each line until it returns the guess (then `pending` turns False)."""
-        self._lines += 1
-        self._bytes += len(raw) + 1
+        return self._after(1, len(raw) + 1)
+
+    def after_block(self, block: bytes) -> int | None:
+        """As `after`, for a block of whole lines."""
+        return self._after(block.count(b"\n"), len(block))
+
+    def _after(self, lines: int, size: int) -> int | None:
+        self._lines += lines
+        self._bytes += size
         if self._lines < self.SAMPLE and self._bytes < self._size:
             return None
         self.pending = False
-        return int(self._size / (self._bytes / self._lines) * 1.05)
+        return int(self._size / (self._bytes / max(self._lines, 1)) * 1.05)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,13 @@ class RecordCodec:
         self.output_format = output_format
         self._tail = f',"config":"{fingerprint}"}}\n'.encode()  # a line written before digests
         self._digest_tail = f',"config":"{fingerprint}","{DIGEST_KEY}":"'.encode()
+        # The lines `ok_key_at_a_glance` accepts; the id, and the digest's short half.
+        self._ok_lines = re.compile(
+            rb'^\{"id":(-?[1-9][0-9]*|0|"[^"\\\n]*"),"line":[0-9]+,"status":"ok",[^\n]*,"config":"'
+            + re.escape(fingerprint.encode())
+            + rb'"(?:,"input_digest":"[0-9a-f]{8}([0-9a-f]{8})")?\}\n',
+            re.MULTILINE,
+        )
 
     def encode(self, result: RowResult) -> bytes:
         try:
@@ -216,6 +224,26 @@ class RecordCodec:
         if self.output_format == "native" and (ok := self.ok_key_at_a_glance(raw)) is not None:
             return ok
         return self.done_key(path, number, raw)
+
+    def ok_keys_at_a_glance(self, block: bytes) -> list[Done] | None:
+        """`ok_key_at_a_glance` of each line of `block` (whole lines), found in one pass of a
+        regular expression; None unless every line is an `ok` native line as `native_record`
+        writes it (then the block is read a line at a time). Resume reads these by the million."""
+        if self.output_format != "native" or not block.endswith(b"\n"):
+            return None
+        found = self._ok_lines.findall(block)
+        if len(found) != block.count(b"\n"):
+            return None
+        try:
+            return [
+                (
+                    "s" + token[1:-1].decode() if token[:1] == b'"' else "i" + token.decode(),
+                    int(digest, 16) or 1 if digest else 0,
+                )
+                for token, digest in found
+            ]
+        except UnicodeDecodeError:
+            return None
 
     def ok_key_at_a_glance(self, raw: bytes) -> Done | None:
         """The id key and short digest of an `ok` native line as `native_record` writes it,

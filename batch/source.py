@@ -16,9 +16,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from batch.builder import RowBuilder
 from batch.changes import Changes
 from batch.digest import (
-    id_at_a_glance,
     image_digests,
     input_digest,
+    key_at_a_glance,
     may_name_images,
     short,
     short_of_line,
@@ -26,7 +26,7 @@ from batch.digest import (
 from batch.errors import BadInput
 from batch.idset import IdSet, Sighting
 from batch.images import has_images
-from batch.reader import LineCountGuess, read_lines
+from batch.reader import LineCountGuess, read_chunks
 from batch.reorder import ReorderWindow
 from batch.rows import Row, id_key
 from batch.shards import Shard
@@ -61,24 +61,42 @@ class RowSource:
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
         """Send every row to label, until the file ends or `stopping` is set. Raises
         `ConfigError` for a line that no row of the file could run (no model anywhere)."""
-        async with send, aclosing(read_lines(self._path)) as lines:
-            async for number, raw in lines:
-                if stopping.is_set():
-                    return
-                if self._sizer.pending and (guess := self._sizer.after(raw)):
-                    # A shard meets only its share of the ids.
-                    self._ids.reserve(guess // self._shard.count if self._shard else guess)
-                found = self._row(number, raw)
-                if found is None or not await self._settle(*found, raw):
-                    continue
-                row = found[0]
-                row.seq, self._seq = self._seq, self._seq + 1
-                if self._window is not None:
-                    await self._window.admit(row.seq)
+        async with send, aclosing(read_chunks(self._path)) as chunks:
+            async for first, lines in chunks:
+                self._size_table(lines)
+                index = 0
+                while (index := self._sieve(lines, index)) < len(lines):
+                    number, raw = first + index, lines[index]
+                    index += 1
                     if stopping.is_set():
                         return
-                await send.send(row)
+                    if raw.strip() and not await self._send(send, number, raw, stopping):
+                        return
         self.read_all = not stopping.is_set()
+
+    async def _send(
+        self, send: MemoryObjectSendStream[Row], number: int, raw: bytes, stopping: anyio.Event
+    ) -> bool:
+        """Sends the line's row, unless it is left out; False when `stopping` came first."""
+        found = self._row(number, raw)
+        if found is None or not await self._settle(*found, raw):
+            return True
+        row = found[0]
+        row.seq, self._seq = self._seq, self._seq + 1
+        if self._window is not None:
+            await self._window.admit(row.seq)
+            if stopping.is_set():
+                return False
+        await send.send(row)
+        return True
+
+    def _size_table(self, lines: list[bytes]) -> None:
+        """Makes room in the id table for the rows the file is likely to hold, once."""
+        for raw in lines if self._sizer.pending else ():
+            if guess := self._sizer.after(raw):
+                # A shard meets only its share of the ids.
+                self._ids.reserve(guess // self._shard.count if self._shard else guess)
+                return
 
     async def _settle(self, row: Row, before: int, raw: bytes) -> bool:
         """Gives the row its input digest; False for a row done before (its earlier line
@@ -95,17 +113,26 @@ class RowSource:
             self._changed(row)
         return True
 
-    def _unchanged(self, number: int, raw: bytes) -> bool:
-        """True for a line left out at a glance: another shard's, or done before from these
-        very bytes (the common case of a rerun, a million times over)."""
-        if may_name_images(raw) or (glanced := id_at_a_glance(raw)) is None:
-            return False
-        if self._shard is not None and not self._shard.holds_line(number, glanced):
-            return True
-        if self._ids.sight_unchanged(id_key(glanced), short_of_line(raw)):
-            self._stats.skipped += 1
-            return True
-        return False
+    def _sieve(self, lines: list[bytes], start: int) -> int:
+        """The index of the first line from `start` on to read in full. The lines before it
+        were left out at a glance: another shard's, or done before from these very bytes (the
+        common case of a rerun, a million times over, so this loop is kept tight)."""
+        if not (self._resuming and self._kind_known):
+            return start
+        ids, shard, skipped = self._ids, self._shard, 0
+        try:
+            for index in range(start, len(lines)):
+                raw = lines[index]
+                if (key := key_at_a_glance(raw)) is None:
+                    return index
+                if shard is not None and not shard.holds(key):
+                    continue
+                if not ids.sight_unchanged(key, short_of_line(raw)):
+                    return index
+                skipped += 1
+            return len(lines)
+        finally:
+            self._stats.skipped += skipped
 
     def _changed(self, row: Row) -> None:
         self._stats.changed += 1
@@ -114,8 +141,6 @@ class RowSource:
     def _row(self, number: int, raw: bytes) -> tuple[Row, int] | None:
         """The line's row, and the digest its earlier ok line recorded (0: none); None when
         another shard holds it or an earlier run labelled it from the same line."""
-        if self._resuming and self._kind_known and self._unchanged(number, raw):
-            return None
         given = None
         if self._shard is not None or self._resuming:
             given = self._builder.peek_id(number, raw)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import json
 
-from batch.digest import id_at_a_glance
+from batch.digest import input_digest, key_at_a_glance, short, short_of_line
 from batch.idset import IdSet, Sighting
+from batch.rows import id_key
 
 
 def test_add_reports_new_and_repeated_keys_across_growth() -> None:
@@ -58,15 +59,30 @@ def test_the_table_keeps_each_ids_input_digest() -> None:
 
 def test_ids_at_a_glance_agree_with_the_parser() -> None:
     lines = [
-        b'{"id": 12, "prompt": "x"}\n',
-        b'{"id":"r1","prompt":"x"}\n',
-        b'{"id": "a,b", "prompt": "x"}\n',
-        b'{"id": "q\\"x", "prompt": "x"}\n',
-        b'{"id": -3, "prompt": "x"}\n',
-        b'{"prompt": "x", "id": 4}\n',
-        b'{"id": "\xc3\xa9", "prompt": "x"}\n',
+        b'{"id": 12, "prompt": "x"}',
+        b'{"id":"r1","prompt":"x"}',
+        b'{"id": 0, "prompt": "x"}',
+        b'{"id": -3, "prompt": "x"}',
+        b'{"id": "\xc3\xa9", "prompt": "x"}',
+        b'{"id": "a,b", "prompt": "x"}',
+        b'{"id": "q\\"x", "prompt": "x"}',
+        b'{"id": "\\u00e9", "prompt": "x"}',
+        b'{"id": -0, "prompt": "x"}',
+        b'{"id": 012, "prompt": "x"}',
+        b'{"id": 1.5, "prompt": "x"}',
+        b'{"id": "\xff", "prompt": "x"}',
+        b'{"prompt": "x", "id": 4}',
     ]
+    glanced = [key_at_a_glance(raw) for raw in lines]
+    assert glanced[:6] == ["i12", "sr1", "i0", "i-3", "s\u00e9", "sa,b"]
+    assert glanced[6:] == [None] * 7  # escaped, not JSON, not an int or str, not first
+    for raw, key in zip(lines, glanced, strict=True):
+        assert key is None or key == id_key(json.loads(raw)["id"]), raw
+
+
+def test_a_lines_digest_at_a_glance_is_the_short_half_of_its_input_digest() -> None:
+    lines = [b'{"id": 1, "prompt": "x"}', b'{"id": 1, "prompt": "x"}\r', b"", b"\xff" * 300]
     for raw in lines:
-        glanced = id_at_a_glance(raw)
-        assert glanced is None or glanced == json.loads(raw)["id"], raw
-    assert [id_at_a_glance(raw) for raw in lines[:2]] == [12, "r1"]
+        assert short_of_line(raw) == short(input_digest(raw)), raw
+    assert short_of_line(lines[0]) == short_of_line(lines[1])  # a CRLF file reads the same
+    assert short_of_line(lines[0]) != short_of_line(b'{"id": 1, "prompt": "y"}')

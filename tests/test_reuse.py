@@ -86,20 +86,59 @@ def test_a_rerun_labels_changed_and_new_rows_and_keeps_removed_ones(
     assert (counts["skipped"], counts["not_in_input"], counts["pruned"]) == (5, 1, 1)
 
 
+def test_a_repeated_id_is_refused_on_its_later_line_whether_it_changed_or_not(
+    tmp_path: Path, fake: FakeOllama
+) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    path = tmp_path / "in.jsonl"
+    rows = [("r1", "a"), ("r2", "b"), ("r3", "c")]
+    path.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in rows))
+    assert run_cli(path, fake.url) == 0
+    # r2 changed, then as it was; r3 as it was, then changed.
+    rows = [("r1", "a"), ("r2", "b2"), ("r2", "b"), ("r3", "c"), ("r3", "c2")]
+    path.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in rows))
+    fake.requests.clear()
+    assert run_cli(path, fake.url) == 1
+    assert sent_prompts(fake) == ["b2"]
+    records = read_jsonl(tmp_path / "in.out.jsonl")
+    refused = sorted((r["id"], r["line"], r["error"]["message"]) for r in records if "error" in r)
+    assert [(row_id, line) for row_id, line, _ in refused] == [("r2", 3), ("r3", 5)]
+    assert all("already used by an earlier line" in message for *_, message in refused)
+
+
+def test_a_rerun_of_many_rows_finds_the_few_that_changed(
+    job: Callable[..., Path], fake: FakeOllama
+) -> None:
+    rows = {i: f"text {i}" for i in range(3000)}  # several read chunks
+    path = job(rows)
+    assert run_cli(path, fake.url) == 0
+    fake.requests.clear()
+    path = job(rows | {5: "edited", 2999: "edited too"} | {3000: "new"})
+    assert run_cli(path, fake.url) == 0
+    assert sorted(sent_prompts(fake)) == ["edited", "edited too", "new"]
+    counts = summary_of(path)["rows"]
+    assert (counts["skipped"], counts["changed"], counts["ok"]) == (2998, 2, 3)
+    assert output_by_id(path)[2999]["line"] == 3000
+
+
 def test_an_image_whose_bytes_changed_is_labelled_again(tmp_path: Path, fake: FakeOllama) -> None:
     (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
     (tmp_path / "cat.png").write_bytes(png)
     path = tmp_path / "in.jsonl"
-    path.write_text(json.dumps({"id": "p", "prompt": "what?", "images": ["cat.png"]}) + "\n")
+    rows = [
+        {"id": "a", "prompt": "no image"},
+        {"id": "p", "prompt": "what?", "images": ["cat.png"]},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert run_cli(path, fake.url) == 0
     assert run_cli(path, fake.url) == 0
-    assert fake.request_count == 1  # same line, same image: done
+    assert fake.request_count == 2  # same lines, same image: done
     (tmp_path / "cat.png").write_bytes(png + b"\1")
     assert run_cli(path, fake.url) == 0
-    assert fake.request_count == 2
+    assert fake.request_count == 3
     assert summary_of(path)["rows"]["changed"] == 1
-    assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 1
+    assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 2
 
 
 def test_rows_written_before_digests_are_kept_as_done(
