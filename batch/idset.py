@@ -6,7 +6,7 @@ one chance in 10^5 on a file of ten million rows. The lowest bit of each entry s
 reader has met the id in this run, so one table serves both resume (ids already done in the
 output) and duplicate detection (ids met earlier in the input). Beside each id, 32 bits of the
 input digest its output line recorded (0: none, a line written before digests), so that resume
-tells a changed row from a done one.
+tells a changed row from a done one; a run with no digest to keep keeps no such array.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class IdSet:
         """`expected`: how many ids are likely to come; a good guess spares a resize."""
         size = _size_for(expected)
         self._table = array("Q", bytes(8 * size))
-        self._digests = array("I", bytes(4 * size))
+        # Made with the first digest recorded: a run that resumes nothing needs none.
+        self._digests: array[int] | None = None
         self._count = 0
         self.last_digest = 0  # the digest beside the id `sight` last found done
 
@@ -58,7 +59,10 @@ class IdSet:
         slot = (entry >> 1) % size
         while (current := table[slot]) != _EMPTY and current | _SEEN != entry | _SEEN:
             slot = slot + 1 if slot + 1 < size else 0
-        self._digests[slot] = digest
+        if digest and self._digests is None:
+            self._digests = array("I", bytes(4 * size))
+        if self._digests is not None:
+            self._digests[slot] = digest
         if current != _EMPTY:
             return False
         self._insert(slot, entry)
@@ -78,7 +82,7 @@ class IdSet:
             slot = slot + 1 if slot + 1 < size else 0
         if current == _EMPTY or current & _SEEN:
             return False
-        stored = self._digests[slot]
+        stored = self._digests[slot] if self._digests is not None else 0
         if stored != digest and stored != 0:
             return False
         table[slot] = current | _SEEN
@@ -94,7 +98,7 @@ class IdSet:
         if current & _SEEN:
             return Sighting.REPEAT
         self._table[slot] = current | _SEEN
-        self.last_digest = self._digests[slot]
+        self.last_digest = self._digests[slot] if self._digests is not None else 0
         return Sighting.DONE
 
     def _find(self, entry: int) -> tuple[int, int]:
@@ -117,15 +121,18 @@ class IdSet:
 
     def _resize(self, size: int) -> None:
         old, self._table = self._table, array("Q", bytes(8 * size))
-        old_digests, self._digests = self._digests, array("I", bytes(4 * size))
+        old_digests = self._digests
+        if old_digests is not None:
+            self._digests = array("I", bytes(4 * size))
         table, digests = self._table, self._digests
-        for entry, digest in zip(old, old_digests, strict=True):
+        for index, entry in enumerate(old):
             if entry != _EMPTY:
                 slot = (entry >> 1) % size
                 while table[slot] != _EMPTY:
                     slot = slot + 1 if slot + 1 < size else 0
                 table[slot] = entry
-                digests[slot] = digest
+                if digests is not None and old_digests is not None:
+                    digests[slot] = old_digests[index]
 
 
 def _size_for(expected: int) -> int:

@@ -86,3 +86,15 @@ def test_a_lines_digest_at_a_glance_is_the_short_half_of_its_input_digest() -> N
         assert short_of_line(raw) == short(input_digest(raw)), raw
     assert short_of_line(lines[0]) == short_of_line(lines[1])  # a CRLF file reads the same
     assert short_of_line(lines[0]) != short_of_line(b'{"id": 1, "prompt": "y"}')
+
+
+def test_digests_recorded_after_digest_less_ids_survive_growth() -> None:
+    ids = IdSet()
+    for i in range(1500):
+        ids.add(f"s{i}")  # lines from before digests: no digest array yet
+    for i in range(1500, 6000):  # the first digest makes the array; growth keeps it
+        ids.add(f"s{i}", i)
+    assert ids.sight_unchanged("s10", 99)  # no digest recorded: done
+    assert ids.sight_unchanged("s1700", 1700)
+    assert not ids.sight_unchanged("s5999", 1)
+    assert ids.sight("s5999") is Sighting.DONE and ids.last_digest == 5999
