@@ -1,6 +1,7 @@
 """Run the fake Ollama server as its own process, for benchmarks and manual runs.
 
     python scripts/fake_ollama.py --port 11434 --latency 0.05 --slots 8 --fault busy::3
+    python scripts/fake_ollama.py --server-version 0.12.0 --no-context-shift --vision-model llava
 
 It serves Ollama's OpenAI-compatible `/v1` routes too (fake_openai.py, beside this script), which
 the peers in bench_peers.py talk to. Prints `listening on http://HOST:PORT` once it accepts
@@ -23,9 +24,11 @@ import anyio
 
 try:
     from batch.testing import FakeOllama, Fault, FaultKind
+    from batch.testing.fake_ollama import CURRENT_VERSION, GO_RUNNER_VERSION
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from batch.testing import FakeOllama, Fault, FaultKind
+    from batch.testing.fake_ollama import CURRENT_VERSION, GO_RUNNER_VERSION
 
 import fake_openai  # beside this script: Python puts its directory first on sys.path
 
@@ -72,6 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault", action="append", type=parse_fault, default=[], metavar="KIND[:MATCH[:TIMES]]"
     )
     parser.add_argument(
+        "--server-version",
+        default=CURRENT_VERSION,
+        help=f"the Ollama version to behave as (default {CURRENT_VERSION}; "
+        f"{GO_RUNNER_VERSION}: the Go runners; before 0.12.6: no `truncate`)",
+    )
+    parser.add_argument(
+        "--context-shift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cut an over-long prompt (off: a 400, as OLLAMA_CONTEXT_SHIFT=false)",
+    )
+    parser.add_argument(
+        "--vision-model", action="append", dest="vision_models", default=[], metavar="NAME"
+    )
+    parser.add_argument(
+        "--thinking-model", action="append", dest="thinking_models", default=[], metavar="NAME"
+    )
+    parser.add_argument(
+        "--model-info",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="/api/show's model_info (off: as older servers and some models)",
+    )
+    parser.add_argument(
+        "--check-host-header",
+        action="store_true",
+        help="403 with no body for a non-local Host header, as Ollama on loopback",
+    )
+    parser.add_argument(
         "--record",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -95,9 +127,9 @@ async def _serve(fake: FakeOllama, host: str) -> None:
                 break
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    fake = FakeOllama(
+def fake_from(args: argparse.Namespace) -> FakeOllama:
+    """The fake server the parsed flags describe."""
+    return FakeOllama(
         models=args.models or ("fake-model",),
         latency=args.latency,
         slots=args.slots,
@@ -105,7 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         record_requests=args.record,
         max_queue=args.max_queue,
+        version=args.server_version,
+        context_shift=args.context_shift,
+        vision_models=args.vision_models,
+        thinking_models=args.thinking_models,
+        model_info=args.model_info,
+        check_host_header=args.check_host_header,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    fake = fake_from(args := build_parser().parse_args(argv))
     fake_openai.mount(fake)
     for fault in args.fault:
         fake.add_fault(fault)

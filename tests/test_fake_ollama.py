@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import socket
@@ -527,6 +528,30 @@ def test_start_fails_on_a_taken_port() -> None:
         sock.listen()
         with pytest.raises(OSError):
             FakeOllama(port=sock.getsockname()[1]).start()
+
+
+def test_the_scripts_flags_shape_the_fake_as_the_class_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as Python does for a script
+    spec = importlib.util.spec_from_file_location("fake_ollama_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = [
+        *("--model", "m", "--server-version", "0.12.0", "--no-context-shift"),
+        *("--vision-model", "v", "--thinking-model", "t", "--no-model-info"),
+        "--check-host-header",
+    ]
+    fake = script.fake_from(script.build_parser().parse_args(args))
+    with fake, httpx.Client(base_url=fake.url, trust_env=False) as http:
+        assert http.get("/api/version").json() == {"version": "0.12.0"}
+        vision = http.post("/api/show", json={"model": "v"}).json()
+        assert "vision" in vision["capabilities"] and "model_info" not in vision
+        assert "thinking" in http.post("/api/show", json={"model": "t"}).json()["capabilities"]
+        assert http.get("/api/tags", headers={"Host": "example.com"}).status_code == 403
+    default = script.fake_from(script.build_parser().parse_args([]))
+    assert (default.version, default.context_shift) == (CURRENT_VERSION, True)
 
 
 @pytest.mark.slow
