@@ -36,6 +36,11 @@ class RowBuilder:
         self.defaults = defaults
         self._first: dict[str, int] = {}
 
+    @property
+    def native(self) -> bool:
+        """The file's first row, read already, is a native one (not an OpenAI request)."""
+        return NATIVE in self._first
+
     def build(self, line: int, raw: bytes) -> Row:
         data = _object(line, raw)
         if isinstance(data, BadInput):

@@ -56,7 +56,6 @@ class RowSource:
         self._seq = 0
         self.changes = changes or Changes()
         self.read_all = False  # the whole input was read: ids not met are not in it
-        self._kind_known = False  # the first line, read in full, set the file's kind of row
 
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
         """Send every row to label, until the file ends or `stopping` is set. Raises
@@ -116,8 +115,10 @@ class RowSource:
     def _sieve(self, lines: list[bytes], start: int) -> int:
         """The index of the first line from `start` on to read in full. The lines before it
         were left out at a glance: another shard's, or done before from these very bytes (the
-        common case of a rerun, a million times over, so this loop is kept tight)."""
-        if not (self._resuming and self._kind_known):
+        common case of a rerun, a million times over, so this loop is kept tight). Only in a
+        file of native rows, once its first line is read: an OpenAI request's id is its
+        `custom_id`, which a glance does not read."""
+        if not (self._resuming and self._builder.native):
             return start
         ids, shard, skipped = self._ids, self._shard, 0
         try:
@@ -144,7 +145,6 @@ class RowSource:
         given = None
         if self._shard is not None or self._resuming:
             given = self._builder.peek_id(number, raw)
-            self._kind_known = True
         if self._shard is not None and not self._shard.holds_line(number, given):
             return None  # another shard's row: not read further, not counted
         sighting = None

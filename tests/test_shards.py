@@ -98,6 +98,30 @@ def test_shards_resume_and_merge_into_one_line_per_row(
     assert "50 rows merged of 50" in capsys.readouterr().err
 
 
+def test_a_resumed_shard_of_openai_requests_finds_its_rows_by_custom_id(tmp_path: Path) -> None:
+    def request(n: int) -> str:
+        body = {"messages": [{"role": "user", "content": f"text {n}"}]}
+        # `id` leads the line but is not the row's id: custom_id is.
+        line = {"id": f"x{n}", "custom_id": f"r{n}", "method": "POST", "body": body}
+        return json.dumps(line | {"url": "/v1/chat/completions"}) + "\n"
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(request(n) for n in range(10)))
+    with FakeOllama(models=["m"]) as fake:
+        for k in range(2):
+            assert run_shard(path, fake, f"{k}/2", "--output-format", "openai") == 0
+        path.write_text("".join(request(n) for n in range(40)))  # rows added
+        for k in range(2):  # resumed: each line is glanced at
+            assert run_shard(path, fake, f"{k}/2", "--output-format", "openai") == 0
+        assert fake.request_count == 40
+    labelled = [
+        json.loads(line)["custom_id"]
+        for k in range(2)
+        for line in (tmp_path / f"in.shard-{k}-of-2.out.jsonl").read_text().splitlines()
+    ]
+    assert sorted(labelled) == sorted(f"r{n}" for n in range(40))
+
+
 def test_merge_names_missing_and_duplicated_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
