@@ -132,7 +132,7 @@ def merge_shards(
 
 
 def _input_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """As `batch.reader.read_lines` numbers them: non-blank lines, blank ones counted."""
+    """As `batch.reader.read_chunks` numbers them: non-blank lines, blank ones counted."""
     with path.open("rb") as source:
         for number, raw in enumerate(source, start=1):
             if number == 1:

@@ -1,4 +1,4 @@
-"""The input file as a stream of (line number, bytes), read in large chunks off the event loop.
+"""The input file as numbered lines, read in large chunks off the event loop.
 
 Reading line by line through a thread would cost a thread hop a line; a chunk costs one per
 64 KiB. Larger chunks save nothing measurable and cost memory: each chunk is copied and split
@@ -41,14 +41,6 @@ async def read_chunks(path: Path) -> AsyncGenerator[tuple[int, list[bytes]], Non
             await source.close()
     if pending:
         yield number, [pending]
-
-
-async def read_lines(path: Path) -> AsyncGenerator[tuple[int, bytes], None]:
-    """Non-blank lines, numbered as `read_chunks` numbers them."""
-    async for first, lines in read_chunks(path):
-        for number, raw in enumerate(lines, start=first):
-            if raw.strip():
-                yield number, raw
 
 
 def count_lines(path: Path) -> int:

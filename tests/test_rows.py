@@ -8,7 +8,7 @@ import pytest
 
 from batch.builder import RowBuilder
 from batch.errors import ConfigError
-from batch.reader import count_lines, read_lines
+from batch.reader import count_lines, read_chunks
 from batch.rows import RowDefaults
 
 BUILDER = RowBuilder(RowDefaults(model="m", options={"temperature": 0}))
@@ -96,6 +96,25 @@ def test_no_model_anywhere_is_a_configuration_error() -> None:
 async def test_reader_skips_blank_lines_keeps_numbers_and_drops_a_bom(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\n   \n{"b": 2}\n{"c": 3}')
-    lines = [(n, raw) async for n, raw in read_lines(path)]
-    assert lines == [(1, b'{"a": 1}\r'), (4, b'{"b": 2}'), (5, b'{"c": 3}')]
+    chunks = [chunk async for chunk in read_chunks(path)]
+    lines = [(n, raw) for first, chunk in chunks for n, raw in enumerate(chunk, first)]
+    assert [(n, raw) for n, raw in lines if raw.strip()] == [
+        (1, b'{"a": 1}\r'),
+        (4, b'{"b": 2}'),
+        (5, b'{"c": 3}'),
+    ]
     assert count_lines(path) == 5
+
+
+async def test_chunks_number_lines_across_chunk_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    written = [
+        b"" if n % 7 == 0 else b'{"id": %d, "prompt": "%s"}' % (n, b"x" * (n % 50))
+        for n in range(1, 9000)
+    ]
+    path.write_bytes(b"\n".join(written))  # no line end after the last line
+    numbered = [
+        (n, raw) async for first, chunk in read_chunks(path) for n, raw in enumerate(chunk, first)
+    ]
+    assert len({first async for first, _ in read_chunks(path)}) > 2  # several chunks
+    assert numbered == list(enumerate(written, start=1))
