@@ -32,8 +32,13 @@ def input_digest(raw: bytes, images: Sequence[bytes] = ()) -> str:
 
 
 def short(digest: str | bytes) -> int:
-    """The 32 bits of a digest the id table keeps; never 0, which means "none recorded"."""
-    return int(digest[-8:], 16) or 1
+    """The 32 bits of a digest the id table keeps; never 0, which means "none recorded". One
+    that is not hex (a line edited by hand) reads as 1, which a line's digest is once in 2^32:
+    its row is labelled again."""
+    try:
+        return int(digest[-8:], 16) or 1
+    except ValueError:
+        return 1
 
 
 def may_name_images(raw: bytes) -> bool:

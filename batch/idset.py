@@ -72,8 +72,10 @@ class IdSet:
         return bool(self._find(_entry(key))[1] & _SEEN)
 
     def sight_unchanged(self, key: str, digest: int) -> bool:
-        """Sights `key` when it was done with this input `digest` (or with none recorded);
-        False, touching nothing, otherwise. Resume's fast path, inlined as `add` is."""
+        """Sights `key` when it was done with this very input `digest`; False, touching
+        nothing, otherwise, and when no digest was recorded (a line from before digests): then
+        only a full reading of the line can say that it is that row. Resume's fast path,
+        inlined as `add` is."""
         entry = ((hash(key) & _MASK63) or 1) << 1
         table = self._table
         size = len(table)
@@ -82,8 +84,7 @@ class IdSet:
             slot = slot + 1 if slot + 1 < size else 0
         if current == _EMPTY or current & _SEEN:
             return False
-        stored = self._digests[slot] if self._digests is not None else 0
-        if stored != digest and stored != 0:
+        if self._digests is None or self._digests[slot] != digest:
             return False
         table[slot] = current | _SEEN
         return True

@@ -161,9 +161,10 @@ class RecordCodec:
         self.output_format = output_format
         self._tail = f',"config":"{fingerprint}"}}\n'.encode()  # a line written before digests
         self._digest_tail = f',"config":"{fingerprint}","{DIGEST_KEY}":"'.encode()
-        # The lines `ok_key_at_a_glance` accepts; the id, and the digest's short half.
+        # The lines `ok_key_at_a_glance` accepts (a negative id short enough for `json` to
+        # read); the id, and the digest's short half.
         self._ok_lines = re.compile(
-            rb'^\{"id":(-?[1-9][0-9]*|0|"[^"\\\n]*"),"line":[0-9]+,"status":"ok",[^\n]*,"config":"'
+            rb'^\{"id":([1-9][0-9]*|0|-[1-9][0-9]{0,17}|"[^"\\\n]*"),"line":[0-9]+,"status":"ok",[^\n]*,"config":"'
             + re.escape(fingerprint.encode())
             + rb'"(?:,"input_digest":"[0-9a-f]{8}([0-9a-f]{8})")?\}\n',
             re.MULTILINE,
@@ -252,7 +253,7 @@ class RecordCodec:
         if not raw.startswith(b'{"id":'):
             return None
         if raw[-3:] == b'"}\n' and raw.endswith(self._digest_tail, 0, -3 - DIGEST_HEX):
-            digest = int(raw[-11:-3], 16) or 1
+            digest = short(raw[-3 - DIGEST_HEX : -3])
         elif raw.endswith(self._tail):
             digest = 0
         else:

@@ -62,6 +62,8 @@ class RowSource:
         `ConfigError` for a line that no row of the file could run (no model anywhere)."""
         async with send, aclosing(read_chunks(self._path)) as chunks:
             async for first, lines in chunks:
+                if stopping.is_set():
+                    return
                 self._size_table(lines)
                 index = 0
                 while (index := self._sieve(lines, index)) < len(lines):
@@ -114,21 +116,19 @@ class RowSource:
 
     def _sieve(self, lines: list[bytes], start: int) -> int:
         """The index of the first line from `start` on to read in full. The lines before it
-        were left out at a glance: another shard's, or done before from these very bytes (the
-        common case of a rerun, a million times over, so this loop is kept tight). Only in a
-        file of native rows, once its first line is read: an OpenAI request's id is its
-        `custom_id`, which a glance does not read."""
+        were left out at a glance: done before from these very bytes (the common case of a
+        rerun, a million times over, so this loop is kept tight). Only in a file of native
+        rows, once its first line is read: an OpenAI request's id is its `custom_id`, which a
+        glance does not read. Another shard's lines are not left out here: the head of a line
+        that is not JSON is not its id, and only a full reading tells."""
         if not (self._resuming and self._builder.native):
             return start
-        ids, shard, skipped = self._ids, self._shard, 0
+        ids, skipped = self._ids, 0
         try:
             for index in range(start, len(lines)):
                 raw = lines[index]
-                if (key := key_at_a_glance(raw)) is None:
-                    return index
-                if shard is not None and not shard.holds(key):
-                    continue
-                if not ids.sight_unchanged(key, short_of_line(raw)):
+                key = key_at_a_glance(raw)
+                if key is None or not ids.sight_unchanged(key, short_of_line(raw)):
                     return index
                 skipped += 1
             return len(lines)

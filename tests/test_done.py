@@ -80,3 +80,11 @@ def test_read_done_refuses_a_line_batch_did_not_write(tmp_path: Path) -> None:
     out.write_bytes(line(1) + b'{"hello": "world"}\n')
     with pytest.raises(ConfigError, match="line 2 is not a row written by batch"):
         read_done(out, RecordCodec(FINGERPRINT), IdSet())
+
+
+def test_ids_the_line_reader_cannot_read_are_left_to_it() -> None:
+    codec = RecordCodec(FINGERPRINT)
+    huge = b'{"id":-' + b"1" * 5000 + b',"line":1,"status":"ok","config":"0123456789abcdef"}\n'
+    assert codec.read_done(Path("out"), 1, huge) is None  # past Python's digits limit: runs again
+    assert codec.ok_keys_at_a_glance(huge) is None
+    assert codec.ok_keys_at_a_glance(line(-(10**17))) == one_at_a_time(codec, line(-(10**17)))

@@ -50,7 +50,8 @@ def test_the_table_keeps_each_ids_input_digest() -> None:
     assert not ids.add("sc", 11)  # a later line of the same id: its digest wins
     assert ids.sight_unchanged("sa", 7)
     assert not ids.sight_unchanged("sa", 7)  # met already
-    assert ids.sight_unchanged("sb", 1234)  # no digest recorded: kept as done
+    assert not ids.sight_unchanged("sb", 1234)  # no digest recorded: a glance cannot tell
+    assert ids.sight("sb") is Sighting.DONE and ids.last_digest == 0
     assert not ids.sight_unchanged("sc", 9)
     assert ids.sight("sc") is Sighting.DONE and ids.last_digest == 11
     assert not ids.sight_unchanged("sd", 1)
@@ -94,7 +95,8 @@ def test_digests_recorded_after_digest_less_ids_survive_growth() -> None:
         ids.add(f"s{i}")  # lines from before digests: no digest array yet
     for i in range(1500, 6000):  # the first digest makes the array; growth keeps it
         ids.add(f"s{i}", i)
-    assert ids.sight_unchanged("s10", 99)  # no digest recorded: done
+    assert not ids.sight_unchanged("s10", 99)  # no digest recorded
+    assert ids.sight("s10") is Sighting.DONE and ids.last_digest == 0
     assert ids.sight_unchanged("s1700", 1700)
     assert not ids.sight_unchanged("s5999", 1)
     assert ids.sight("s5999") is Sighting.DONE and ids.last_digest == 5999

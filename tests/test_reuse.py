@@ -155,6 +155,41 @@ def test_rows_written_before_digests_are_kept_as_done(
     assert summary_of(path)["rows"]["skipped"] == 3
 
 
+@pytest.mark.parametrize("row_id", [0, -3, 5])
+def test_a_broken_line_is_not_taken_for_a_done_row_from_before_digests(
+    tmp_path: Path, fake: FakeOllama, row_id: int
+) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    path = tmp_path / "in.jsonl"
+    first, done = '{"id": "first", "prompt": "a"}\n', f'{{"id": {row_id}, "prompt": "hi"}}\n'
+    path.write_text(first + done)
+    assert run_cli(path, fake.url) == 0
+    out = path.with_name("in.out.jsonl")
+    old = [{k: v for k, v in r.items() if k != "input_digest"} for r in read_jsonl(out)]
+    out.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in old))
+    path.write_text(first + f'{{"id": {row_id}, "prompt": "truncat\n' + done)  # line 2 broken
+    assert run_cli(path, fake.url) == 1
+    errors = [r for r in read_jsonl(out) if r["status"] == "error"]
+    assert [(r["line"], r["error"]["type"]) for r in errors] == [(2, "bad_input")]
+    assert "not valid JSON" in errors[0]["error"]["message"]
+    assert summary_of(path)["rows"]["skipped"] == 2  # line 3 is the row done before
+
+
+def test_an_unreadable_digest_labels_its_row_again(
+    job: Callable[..., Path], fake: FakeOllama
+) -> None:
+    path = job({"a": "one", "b": "two"})
+    assert run_cli(path, fake.url) == 0
+    out = path.with_name("in.out.jsonl")
+    lines = out.read_text().splitlines(keepends=True)
+    digest = json.loads(lines[1])["input_digest"]
+    out.write_text(lines[0] + lines[1].replace(digest, "0123456789abcdeZ"))  # edited by hand
+    fake.requests.clear()
+    assert run_cli(path, fake.url) == 0
+    assert len(fake.requests) == 1
+    assert output_by_id(path)[json.loads(lines[1])["id"]]["input_digest"] == digest
+
+
 def test_a_run_killed_before_taking_out_an_old_line_keeps_the_newer_one(
     job: Callable[..., Path], fake: FakeOllama
 ) -> None:

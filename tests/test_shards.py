@@ -122,6 +122,28 @@ def test_a_resumed_shard_of_openai_requests_finds_its_rows_by_custom_id(tmp_path
     assert sorted(labelled) == sorted(f"r{n}" for n in range(40))
 
 
+@pytest.mark.parametrize("head", [b'{"id": -3, broken', b'{"id": 8, broken'])
+def test_a_resumed_shard_reports_a_broken_line_as_a_fresh_run_does(
+    tmp_path: Path, head: bytes
+) -> None:
+    lines = [b'{"id": "r%d", "prompt": "text %d"}\n' % (n, n) for n in range(6)]
+    lines.insert(3, head + b"\n")  # not JSON: its line number places it, not its head
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(lines))
+
+    def errors() -> list[int]:
+        outputs = [tmp_path / f"in.shard-{k}-of-2.out.jsonl" for k in range(2)]
+        records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
+        return [r["line"] for r in records if r["status"] == "error"]
+
+    with FakeOllama(models=["m"]) as fake:
+        assert {run_shard(path, fake, f"{k}/2") for k in range(2)} == {0, 1}
+        assert errors() == [4]
+        assert {run_shard(path, fake, f"{k}/2") for k in range(2)} == {0, 1}  # resumed
+        assert errors() == [4]
+        assert fake.request_count == 6
+
+
 def test_merge_names_missing_and_duplicated_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
