@@ -31,14 +31,16 @@ def input_digest(raw: bytes, images: Sequence[bytes] = ()) -> str:
     return digest.hexdigest()
 
 
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}")
+
+
 def short(digest: str | bytes) -> int:
     """The 32 bits of a digest the id table keeps; never 0, which means "none recorded". One
-    that is not hex (a line edited by hand) reads as 1, which a line's digest is once in 2^32:
-    its row is labelled again."""
-    try:
-        return int(digest[-8:], 16) or 1
-    except ValueError:
-        return 1
+    that does not end in 8 hex digits (a line edited by hand) reads as 1, which a line's digest
+    is once in 2^32: its row is labelled again."""
+    tail = digest[-8:]
+    text = tail.decode("ascii", "replace") if isinstance(tail, bytes) else tail
+    return int(text, 16) or 1 if _HEX8.fullmatch(text) else 1
 
 
 def may_name_images(raw: bytes) -> bool:

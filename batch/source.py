@@ -119,16 +119,19 @@ class RowSource:
         were left out at a glance: done before from these very bytes (the common case of a
         rerun, a million times over, so this loop is kept tight). Only in a file of native
         rows, once its first line is read: an OpenAI request's id is its `custom_id`, which a
-        glance does not read. Another shard's lines are not left out here: the head of a line
-        that is not JSON is not its id, and only a full reading tells."""
+        glance does not read. Another shard's lines are neither left out nor sighted here
+        (its rows may be done in a shared output): the head of a line that is not JSON is not
+        its id, and only a full reading tells whose line it is."""
         if not (self._resuming and self._builder.native):
             return start
-        ids, skipped = self._ids, 0
+        ids, shard, skipped = self._ids, self._shard, 0
         try:
             for index in range(start, len(lines)):
                 raw = lines[index]
                 key = key_at_a_glance(raw)
-                if key is None or not ids.sight_unchanged(key, short_of_line(raw)):
+                if key is None or (shard is not None and not shard.holds(key)):
+                    return index
+                if not ids.sight_unchanged(key, short_of_line(raw)):
                     return index
                 skipped += 1
             return len(lines)

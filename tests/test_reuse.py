@@ -183,11 +183,12 @@ def test_an_unreadable_digest_labels_its_row_again(
     out = path.with_name("in.out.jsonl")
     lines = out.read_text().splitlines(keepends=True)
     digest = json.loads(lines[1])["input_digest"]
-    out.write_text(lines[0] + lines[1].replace(digest, "0123456789abcdeZ"))  # edited by hand
-    fake.requests.clear()
-    assert run_cli(path, fake.url) == 0
-    assert len(fake.requests) == 1
-    assert output_by_id(path)[json.loads(lines[1])["id"]]["input_digest"] == digest
+    for edited in ("0123456789abcdeZ", digest[:8] + "-1234567", "12"):  # edited by hand
+        out.write_text(lines[0] + lines[1].replace(digest, edited))
+        fake.requests.clear()
+        assert run_cli(path, fake.url) == 0
+        assert len(fake.requests) == 1
+        assert output_by_id(path)[json.loads(lines[1])["id"]]["input_digest"] == digest
 
 
 def test_a_run_killed_before_taking_out_an_old_line_keeps_the_newer_one(

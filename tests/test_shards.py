@@ -144,6 +144,20 @@ def test_a_resumed_shard_reports_a_broken_line_as_a_fresh_run_does(
         assert fake.request_count == 6
 
 
+def test_a_shard_resuming_a_shared_output_counts_only_its_own_rows(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "shared.out.jsonl"
+    mine = [i for i in range(10) if shard_of(id_key(i), 2) == 0]
+    with FakeOllama(models=["m"]) as fake:
+        argv = ["run", str(path), "--model", "m", "--host", fake.url, "-q", "--output", str(out)]
+        assert main(argv) == 0  # every row, in one file
+        assert run_shard(path, fake, "0/2", "--output", str(out), "--prune") == 0
+    rows = json.loads(out.with_name("shared.out.summary.json").read_text())["rows"]
+    others = 10 - len(mine)  # in the output, but not in this shard's input
+    assert (rows["skipped"], rows["not_in_input"], rows["pruned"]) == (len(mine), others, others)
+    assert sorted(ids_in(out)) == mine
+
+
 def test_merge_names_missing_and_duplicated_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
