@@ -1,9 +1,10 @@
 """A rerun against an input that changed: rows whose input digest differs are labelled again
 and their old lines taken out; rows whose id left the input are kept, or pruned (`--prune`).
 
-The source finds the changed rows as it reads (`IdSet.last_digest` against the line's digest);
-after the run, `finish_output` rewrites the output once, through a temporary file and an
-atomic rename, and only when there is something to take out.
+The source finds the changed rows as it reads (`IdSet.last_digest` against the line's digest)
+and the sink notes each one it writes (a stop may leave some unlabelled: their old lines
+stay); after the run, `finish_output` rewrites the output once, through a temporary file and
+an atomic rename, and only when there is something to take out.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ async def _run_job(
         progress = _progress(config, stats, pool) if show else None
         await run.execute(handle_signals=handle_signals, progress=progress)
         if done_before:
-            await _finish_rerun(config, codec, done, done_before, run.source, stats)
+            await _finish_rerun(config, codec, done, done_before, run, stats)
         if config.ordered and done_before:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
@@ -206,17 +206,18 @@ async def _finish_rerun(
     codec: RecordCodec,
     done: IdSet,
     done_before: int,
-    source: RowSource,
+    run: _Run,
     stats: RunStats,
 ) -> None:
-    """Counts the rows no longer in the input; takes out changed rows' old lines (and, with
-    --prune, the rows no longer in the input)."""
+    """Counts the rows no longer in the input; takes out the old lines of the changed rows
+    labelled again (and, with --prune, the rows no longer in the input)."""
+    source, changes = run.source, run.sink.changes
     prune = config.prune and source.read_all
     if source.read_all:  # each done id met in the input was skipped or found changed
-        stats.not_in_input = done_before - stats.skipped - stats.changed
-    if len(source.changes) or (prune and stats.not_in_input):
+        stats.not_in_input = done_before - stats.skipped - source.changed_met
+    if len(changes) or (prune and stats.not_in_input):
         stats.pruned = await anyio.to_thread.run_sync(
-            partial(finish_output, config.output_path, codec, done, source.changes, prune=prune)
+            partial(finish_output, config.output_path, codec, done, changes, prune=prune)
         )
 
 

@@ -50,6 +50,7 @@ class Row:
     seq: int = 0  # the row's place among the rows sent this run, for ordered output
     digest: str = ""  # of its input line and images (batch.digest); "" until the source sets it
     images: tuple[bytes, ...] = ()  # digests of the images it names, for its request key
+    replaces: bool = False  # its id is done from another input: its new line replaces the old
 
 
 @dataclass(slots=True)

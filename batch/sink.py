@@ -13,12 +13,13 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batch.changes import Changes
 from batch.errors import FatalRunError
 from batch.labels import LabelWatch
 from batch.output import Opener, OutputWriter, WriteFailed, open_append
 from batch.records import RecordCodec
 from batch.reorder import ReorderWindow
-from batch.rows import RowResult
+from batch.rows import RowResult, id_key
 from batch.summary import RunStats
 
 # Finished rows gather for up to FLUSH_EVERY seconds (at most WRITE_BATCH of them) and go to
@@ -46,6 +47,7 @@ class ResultSink:
         self._window = window
         self._watch = watch or LabelWatch(logprobs=False, review_below=None, review_file=None)
         self._output = OutputWriter(output, opener=opener)
+        self.changes = Changes()  # rows written this run whose line replaces an older one
         self._errors = self._output
         if errors_file is not None:
             self._errors = OutputWriter(errors_file, lazy=True, opener=opener)
@@ -84,6 +86,8 @@ class ResultSink:
                 await self._watch.flush()
                 for done in batch:
                     self._stats.count(done)
+                    if done.row.replaces:
+                        self.changes.mark(id_key(done.row.id))
                 flushed = anyio.current_time()
             if self._window is not None:  # rows after one a stopped run never finished
                 await _emit(output, errors, self._window.rest())

@@ -14,7 +14,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from batch.builder import RowBuilder
-from batch.changes import Changes
 from batch.digest import (
     image_digests,
     input_digest,
@@ -43,7 +42,6 @@ class RowSource:
         *,
         shard: Shard | None = None,
         window: ReorderWindow[tuple[bytes, bool]] | None = None,
-        changes: Changes | None = None,
     ) -> None:
         self._path = path
         self._builder = builder
@@ -54,7 +52,8 @@ class RowSource:
         self._window = window
         self._sizer = LineCountGuess(path)
         self._seq = 0
-        self.changes = changes or Changes()
+        # Done ids met with another input: sent again, so neither skipped nor gone from it.
+        self.changed_met = 0
         self.read_all = False  # the whole input was read: ids not met are not in it
 
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
@@ -139,8 +138,10 @@ class RowSource:
             self._stats.skipped += skipped
 
     def _changed(self, row: Row) -> None:
-        self._stats.changed += 1
-        self.changes.mark(id_key(row.id))
+        """Its line replaces the old one once written (the sink counts it then: a stop may
+        come first, and the old line stays until a run labels the row again)."""
+        row.replaces = True
+        self.changed_met += 1
 
     def _row(self, number: int, raw: bytes) -> tuple[Row, int] | None:
         """The line's row, and the digest its earlier ok line recorded (0: none); None when

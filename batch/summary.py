@@ -60,6 +60,7 @@ class RunStats:
             self.errors[result.failure.kind] += 1
             if result.host is not None:
                 self.host_failed[result.host] += 1
+        self.changed += result.row.replaces  # labelled again: its input changed
         self.same_as += result.same_as is not None
         self.cached += result.cached
         self.attempts += result.attempts

@@ -86,6 +86,26 @@ def test_a_rerun_labels_changed_and_new_rows_and_keeps_removed_ones(
     assert (counts["skipped"], counts["not_in_input"], counts["pruned"]) == (5, 1, 1)
 
 
+def test_a_changed_row_a_stop_leaves_unlabelled_keeps_its_line_until_it_is_labelled(
+    job: Callable[..., Path], fake: FakeOllama
+) -> None:
+    path = job({"a": "one", "b": "two", "c": "three"})
+    assert run_cli(path, fake.url) == 0
+    before = output_by_id(path)
+    path = job({"a": "one, edited", "b": "two, edited", "c": "three"})
+    # The source reads both changed rows; the budget lets one be labelled again.
+    assert run_cli(path, fake.url, "--max-requests", "1", "-c", "1") == 3
+    rows = output_by_id(path)  # one line per id: none lost, none twice
+    relabelled = [i for i in "ab" if rows[i] != before[i]]
+    assert len(relabelled) == 1 and rows["c"] == before["c"]
+    counts = summary_of(path)["rows"]
+    assert (counts["ok"], counts["changed"], counts["not_in_input"]) == (1, 1, 0)
+    assert run_cli(path, fake.url) == 0  # the next run labels the other one again
+    rows = output_by_id(path)
+    assert all(rows[i] != before[i] for i in "ab")
+    assert summary_of(path)["rows"]["changed"] == 1
+
+
 def test_a_repeated_id_is_refused_on_its_later_line_whether_it_changed_or_not(
     tmp_path: Path, fake: FakeOllama
 ) -> None:
