@@ -67,8 +67,10 @@ class RowBuilder:
         return Row(line, row_id, request=request, schema=schema)
 
     def peek_id(self, line: int, raw: bytes) -> RowId | None:
-        """A line's own id, read without building its request (resume skips most lines); None
-        when the line has no usable id of its own. The file's first line still sets its kind."""
+        """The id `build` gives the line's row (its line number when it names none), read
+        without building its request: resume skips most lines. None when the line has no
+        usable id (not a JSON object, an id neither a string nor an integer). The file's first
+        line still sets its kind."""
         try:
             data: Any = pydantic_core.from_json(raw)  # a few times faster than json.loads
         except ValueError:  # not JSON, not UTF-8, too deep, a lone surrogate: read as `build`
@@ -77,7 +79,7 @@ class RowBuilder:
             return None
         openai = is_openai_request(data)
         self._check_kind(line, OPENAI if openai else NATIVE)  # the first line decides
-        row_id = data.get("custom_id") if openai else _given_id(data, default=None)
+        row_id = data.get("custom_id") if openai else _given_id(data, default=line)
         return None if isinstance(row_id, bool) or not isinstance(row_id, str | int) else row_id
 
     def _check_kind(self, line: int, kind: str) -> str | None:

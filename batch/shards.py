@@ -36,7 +36,7 @@ class Shard:
         return self.count == 1 or shard_of(key, self.count) == self.index
 
     def holds_line(self, line: int, given: RowId | None) -> bool:
-        """Whether the row of `line`, whose own id is `given` (`RowBuilder.peek_id`), is ours."""
+        """Whether the row of `line`, whose id is `given` (`RowBuilder.peek_id`), is ours."""
         return self.holds(id_key(line if given is None else given))
 
 

@@ -106,6 +106,20 @@ def test_a_changed_row_a_stop_leaves_unlabelled_keeps_its_line_until_it_is_label
     assert summary_of(path)["rows"]["changed"] == 1
 
 
+def test_rows_without_ids_resume_by_line_number(tmp_path: Path, fake: FakeOllama) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert run_cli(path, fake.url) == 0
+    assert run_cli(path, fake.url) == 0
+    assert fake.request_count == 2  # the rerun found both done
+    path.write_text('{"prompt": "a"}\n{"prompt": "b, edited"}\n')
+    assert run_cli(path, fake.url) == 0
+    assert sent_prompts(fake)[2:] == ["b, edited"]
+    assert sorted(output_by_id(path)) == [1, 2]  # one line each, ids from line numbers
+    assert summary_of(path)["rows"]["changed"] == 1
+
+
 def test_a_repeated_id_is_refused_on_its_later_line_whether_it_changed_or_not(
     tmp_path: Path, fake: FakeOllama
 ) -> None:
