@@ -6,6 +6,7 @@ BatchError
 │   └── ModelMissing ... one host lacks the model: with other hosts, the run goes on without it
 └── RowFailure ......... one row failed; becomes an error line in the output, never a crash
     ├── BadInput ....... the input line itself is unusable (not sent)
+    │   └── DuplicateId  its id was used by an earlier line
     ├── Retryable ...... worth another attempt
     │   ├── Transient .. the transport or server hiccuped: back off, then resend
     │   └── InvalidOutput  the model answered, but not usably: re-ask at once with the reason
@@ -61,6 +62,10 @@ class BadInput(RowFailure):
     def at_line(self, line: int) -> BadInput:
         """The same failure, naming the input line: the one place a message gets its line."""
         return BadInput(f"line {line}: {self.message}", **self.details)
+
+
+class DuplicateId(BadInput):
+    """The line's id was used by an earlier line (done before, or met earlier in this run)."""
 
 
 class Retryable(RowFailure):

@@ -19,9 +19,10 @@ import anyio
 from batch.builder import RowBuilder
 from batch.config import JobConfig
 from batch.done import read_done
+from batch.errors import DuplicateId
 from batch.idset import IdSet
 from batch.records import RecordCodec
-from batch.rows import Row, RowDefaults, id_key
+from batch.rows import Row, RowDefaults
 from batch.source import RowSource
 from batch.summary import RunStats, RunSummary
 
@@ -68,11 +69,10 @@ class Plan:
             lines.append(describe_sample(self.sample))
         return "\n".join(lines)
 
-    def note(self, row: Row, seen: set[str]) -> None:
-        key = id_key(row.id) if row.has_id else None
+    def note(self, row: Row) -> None:
         if row.failure is not None:
             entry = {"line": row.line, "id": row.id, "message": row.failure.message}
-            if key is not None and key in seen:
+            if isinstance(row.failure, DuplicateId):
                 self.duplicate_count += 1
                 if len(self.duplicate_ids) < LISTED:
                     self.duplicate_ids.append(entry)
@@ -83,8 +83,6 @@ class Plan:
         elif row.request is not None:
             self.rows_to_label += 1
             self.estimated_input_tokens += _tokens(row)
-        if key is not None:
-            seen.add(key)
 
 
 async def make_plan(config: JobConfig, defaults: RowDefaults, fingerprint: str) -> Plan:
@@ -95,13 +93,12 @@ async def make_plan(config: JobConfig, defaults: RowDefaults, fingerprint: str) 
     stats = RunStats()
     source = RowSource(config.input, RowBuilder(defaults), done, stats, shard=config.shard_spec)
     plan = Plan(str(config.input), str(config.output_path))
-    seen: set[str] = set()
     send, receive = anyio.create_memory_object_stream[Row](256)
     async with anyio.create_task_group() as tg:
         tg.start_soon(source.feed, send, anyio.Event())
         async with receive:
             async for row in receive:
-                plan.note(row, seen)
+                plan.note(row)
     plan.rows_done = stats.skipped
     return plan
 

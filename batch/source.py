@@ -22,7 +22,7 @@ from batch.digest import (
     short,
     short_of_line,
 )
-from batch.errors import BadInput
+from batch.errors import DuplicateId
 from batch.idset import IdSet, Sighting
 from batch.images import has_images
 from batch.reader import LineCountGuess, read_chunks
@@ -171,7 +171,7 @@ class RowSource:
         return row, before
 
 
-def _duplicate(row: Row) -> BadInput:
-    return BadInput(
+def _duplicate(row: Row) -> DuplicateId:
+    return DuplicateId(
         f"line {row.line}: id {row.id!r} was already used by an earlier line; ids must be unique"
     )

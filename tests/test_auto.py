@@ -162,6 +162,19 @@ def test_plan_reports_bad_lines_as_run_would_and_sends_nothing(
     assert written == planned
 
 
+def test_plan_calls_a_repeat_of_a_done_id_a_duplicate(rows: Path) -> None:
+    write_rows(rows, ["a", "b"])
+    plan_file = rows.with_name("plan.json")
+    with FakeOllama(models=["m"]) as fake:
+        assert run_cli(rows, fake.url) == 0
+        write_rows(rows, ["a", "b", "a"])  # line 3 repeats a row done before
+        argv = ["plan", str(rows), "--model", "m", "--host", fake.url, "--json", str(plan_file)]
+        assert main([*argv, "--schema", str(rows.with_name("schema.json"))]) == 1
+    plan = json.loads(plan_file.read_text())
+    assert [(d["line"], d["id"]) for d in plan["duplicate_ids"]] == [(3, "a")]
+    assert (plan["bad_lines"], plan["rows_done"], plan["rows_to_label"]) == ([], 2, 0)
+
+
 def test_plan_counts_rows_done_and_a_sample_projects_the_rest(rows: Path) -> None:
     write_rows(rows, 50)
     plan_file = rows.with_name("plan.json")
