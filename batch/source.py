@@ -153,16 +153,19 @@ class RowSource:
             return None  # another shard's row: not read further, not counted
         sighting = None
         before = 0  # the input digest its earlier ok line recorded
+        digest = ""  # this line's, when it names no image (else `_settle` adds theirs)
         if self._resuming and given is not None:
             sighting = self._ids.sight(id_key(given))
             if sighting is Sighting.DONE:
                 before = self._ids.last_digest
-                if before == 0 or (not may_name_images(raw) and before == short_of_line(raw)):
+                if before and not may_name_images(raw):
+                    digest = input_digest(raw)
+                if before == 0 or (digest and short(digest) == before):
                     self._stats.skipped += 1  # the same input, or a line from before digests
                     return None
         row = self._builder.build(number, raw)
-        if before and not may_name_images(raw):
-            row.digest = input_digest(raw)
+        if digest:
+            row.digest = digest
             self._changed(row)
         if row.has_id:
             sighting = sighting or self._ids.sight(id_key(row.id))
