@@ -30,7 +30,7 @@ class DoneLines:
     repeated: set[str] = field(default_factory=set)  # ids with two ok lines
 
 
-def read_done(path: Path, codec: RecordCodec, done: IdSet) -> DoneLines:
+def collect_done(path: Path, codec: RecordCodec, done: IdSet) -> DoneLines:
     """Adds each `ok` line's id key and short input digest to `done` (a later line of an id
     wins). Raises `ConfigError` as `RecordCodec.done_key` does."""
     lines = DoneLines()

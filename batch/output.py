@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from batch.done import read_done
+from batch.done import collect_done
 from batch.errors import FatalRunError
 from batch.idset import IdSet
 from batch.records import RecordCodec
@@ -35,7 +35,7 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
     if overwrite:
         path.unlink()
         return done
-    found = read_done(path, codec, done)
+    found = collect_done(path, codec, done)
     dropped, repeated = found.dropped, found.repeated
     if repeated:  # the later line is the newer label: keep it, drop the earlier ones
         dropped = array("Q", sorted([*dropped, *_earlier_lines(path, codec, repeated)]))

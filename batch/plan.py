@@ -18,7 +18,7 @@ import anyio
 
 from batch.builder import RowBuilder
 from batch.config import JobConfig
-from batch.done import read_done
+from batch.done import collect_done
 from batch.errors import DuplicateId
 from batch.idset import IdSet
 from batch.records import RecordCodec
@@ -153,7 +153,7 @@ def _done_ids(path: Path, codec: RecordCodec) -> IdSet:
     """The ids of `ok` rows in an earlier output, read only (run's resume also compacts)."""
     done = IdSet()
     if path.exists():
-        read_done(path, codec, done)
+        collect_done(path, codec, done)
     return done
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from batch.digest import input_digest
-from batch.done import BLOCK, read_done
+from batch.done import BLOCK, collect_done
 from batch.errors import ConfigError
 from batch.idset import IdSet
 from batch.records import RecordCodec, encode_line
@@ -62,24 +62,24 @@ def test_an_ok_line_holding_a_record_like_one_reads_as_its_line_does() -> None:
     assert found == one_at_a_time(codec, block) and [k for k, _ in found or ()][1] == "i5"
 
 
-def test_read_done_drops_failed_and_cut_lines_and_reports_repeated_ids(tmp_path: Path) -> None:
+def test_collect_done_drops_failed_and_cut_lines_and_reports_repeated_ids(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     long = line("long", note="x" * (2 * BLOCK))  # longer than a block
     many = [line(i) for i in range(3 * BLOCK // len(line(0)))]  # several blocks
     out.write_bytes(b"".join([*many, line("e", status="error"), long, line(3), line("cut")[:-9]]))
     done = IdSet()
-    found = read_done(out, RecordCodec(FINGERPRINT), done)
+    found = collect_done(out, RecordCodec(FINGERPRINT), done)
     assert len(done) == len(many) + 1  # "long" and the others; 3 was among them
     assert "slong" in done and "se" not in done and "scut" not in done
     assert list(found.dropped) == [len(many) + 1, len(many) + 4]
     assert found.repeated == {"i3"}
 
 
-def test_read_done_refuses_a_line_batch_did_not_write(tmp_path: Path) -> None:
+def test_collect_done_refuses_a_line_batch_did_not_write(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(line(1) + b'{"hello": "world"}\n')
     with pytest.raises(ConfigError, match="line 2 is not a row written by batch"):
-        read_done(out, RecordCodec(FINGERPRINT), IdSet())
+        collect_done(out, RecordCodec(FINGERPRINT), IdSet())
 
 
 def test_ids_the_line_reader_cannot_read_are_left_to_it() -> None:
