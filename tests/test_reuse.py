@@ -54,6 +54,12 @@ def sent_prompts(fake: FakeOllama) -> list[str]:
     return [r["messages"][-1]["content"] for r in fake.requests]
 
 
+def strip_digests(out: Path) -> None:
+    """Rewrites `out` as batch wrote outputs before input digests existed."""
+    old = [{k: v for k, v in r.items() if k != "input_digest"} for r in read_jsonl(out)]
+    out.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in old))
+
+
 # ---- changed, added and removed rows ------------------------------------------------------------
 
 
@@ -181,8 +187,7 @@ def test_rows_written_before_digests_are_kept_as_done(
     path = job({i: f"text {i}" for i in range(3)})
     assert run_cli(path, fake.url) == 0
     out = path.with_name("in.out.jsonl")
-    old = [{k: v for k, v in r.items() if k != "input_digest"} for r in read_jsonl(out)]
-    out.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in old))
+    strip_digests(out)
     path = job({0: "text 0", 1: "text 1, edited", 2: "text 2", 3: "text 3"})
     assert run_cli(path, fake.url) == 0
     assert sent_prompts(fake)[3:] == ["text 3"]  # only the new row: the old ones carry no digest
@@ -199,8 +204,7 @@ def test_a_broken_line_is_not_taken_for_a_done_row_from_before_digests(
     path.write_text(first + done)
     assert run_cli(path, fake.url) == 0
     out = path.with_name("in.out.jsonl")
-    old = [{k: v for k, v in r.items() if k != "input_digest"} for r in read_jsonl(out)]
-    out.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in old))
+    strip_digests(out)
     path.write_text(first + f'{{"id": {row_id}, "prompt": "truncat\n' + done)  # line 2 broken
     assert run_cli(path, fake.url) == 1
     errors = [r for r in read_jsonl(out) if r["status"] == "error"]
