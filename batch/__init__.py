@@ -14,25 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batch.api import run_job_sync
-    from batch.backends.base import Backend, ChatRequest, Completion, Usage
-    from batch.config import JobConfig, load_config
-    from batch.errors import BatchError, ConfigError, FatalRunError
-    from batch.pipeline import run_job
-    from batch.summary import RunSummary
+    from batch.core.chat import Backend, ChatRequest, Completion, Usage
+    from batch.core.errors import BatchError, ConfigError, FatalRunError
+    from batch.run.config import JobConfig, load_config
+    from batch.run.pipeline import run_job
+    from batch.run.summary import RunSummary
 
 _HOMES = {
     "run_job_sync": "batch.api",
-    "Backend": "batch.backends.base",
-    "ChatRequest": "batch.backends.base",
-    "Completion": "batch.backends.base",
-    "Usage": "batch.backends.base",
-    "JobConfig": "batch.config",
-    "load_config": "batch.config",
-    "BatchError": "batch.errors",
-    "ConfigError": "batch.errors",
-    "FatalRunError": "batch.errors",
-    "run_job": "batch.pipeline",
-    "RunSummary": "batch.summary",
+    "Backend": "batch.core.chat",
+    "ChatRequest": "batch.core.chat",
+    "Completion": "batch.core.chat",
+    "Usage": "batch.core.chat",
+    "JobConfig": "batch.run.config",
+    "load_config": "batch.run.config",
+    "BatchError": "batch.core.errors",
+    "ConfigError": "batch.core.errors",
+    "FatalRunError": "batch.core.errors",
+    "run_job": "batch.run.pipeline",
+    "RunSummary": "batch.run.summary",
 }
 __all__ = [
     "Backend",

@@ -7,10 +7,10 @@ from functools import partial
 
 import anyio
 
-from batch.backends.base import Backend
-from batch.config import JobConfig
-from batch.pipeline import run_job
-from batch.summary import RunSummary
+from batch.core.chat import Backend
+from batch.run.config import JobConfig
+from batch.run.pipeline import run_job
+from batch.run.summary import RunSummary
 
 
 def run_job_sync(config: JobConfig, *, backends: Sequence[Backend] | None = None) -> RunSummary:

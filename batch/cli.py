@@ -295,10 +295,10 @@ def _add_merge(commands: Any) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from batch.config import JobConfig
-    from batch.errors import BatchError
-    from batch.lock import hold_outputs
-    from batch.merge import merge_shards, shard_outputs_beside
+    from batch.core.errors import BatchError
+    from batch.run.config import JobConfig
+    from batch.run.merge import merge_shards, shard_outputs_beside
+    from batch.sink.lock import hold_outputs
 
     plain = JobConfig(input=args.input, output=args.output)
     outputs = args.shards or shard_outputs_beside(args.input)
@@ -334,8 +334,8 @@ def _add_cache(commands: Any) -> None:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from batch.cache import cache_stats, parse_age, prune_cache
-    from batch.errors import BatchError
+    from batch.core.errors import BatchError
+    from batch.reuse.cache import cache_stats, parse_age, prune_cache
 
     try:
         if not args.file.is_file():
@@ -371,10 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that `--help` stays fast.
     import anyio
 
-    from batch.config import load_config, parse_option
-    from batch.errors import BatchError
-    from batch.pipeline import run_job
-    from batch.summary import BUDGET_STOPS, human_summary
+    from batch.core.errors import BatchError
+    from batch.run.config import load_config, parse_option
+    from batch.run.pipeline import run_job
+    from batch.run.summary import BUDGET_STOPS, human_summary
 
     flags = dict(vars(args))
     try:
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_message(exc: Exception) -> str:
     """One line for an error that escaped the run: an exception group's first leaf (a group
     says only how many errors it holds), and a bug named as one."""
-    from batch.errors import BatchError
+    from batch.core.errors import BatchError
 
     while isinstance(exc, ExceptionGroup):
         exc = exc.exceptions[0]
@@ -419,10 +419,10 @@ async def _plan(config: Any, json_path: Path | None, sample: int | None) -> int:
     projected from them."""
     import anyio
 
-    from batch.budget import Budgets
-    from batch.pipeline import row_defaults, run_job
-    from batch.plan import make_plan, project, write_plan
-    from batch.schema import load_schema
+    from batch.core.schema import load_schema
+    from batch.labelling.budget import Budgets
+    from batch.run.pipeline import row_defaults, run_job
+    from batch.run.plan import make_plan, project, write_plan
 
     config.check_paths()
     schema = load_schema(config.schema_ref) if config.schema_ref else None

@@ -31,10 +31,10 @@ REUSE_ROWS = 100_000
 def synthesized_done(suite: Suite, rows: int) -> tuple[Path, Path]:
     """An input of `rows` rows and an output where each is done, as the worker writes them."""
     sys.path.insert(0, str(bench.ROOT))
-    from batch.config import JobConfig
-    from batch.digest import input_digest
-    from batch.records import encode_line
-    from batch.schema import load_schema
+    from batch.core.digest import input_digest
+    from batch.core.schema import load_schema
+    from batch.run.config import JobConfig
+    from batch.sink.records import encode_line
 
     source = suite.input_file(rows)
     config = JobConfig(input=source, model=bench.MODEL, schema_ref=str(suite.schema))

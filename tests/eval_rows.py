@@ -61,7 +61,7 @@ def native_rows() -> list[dict[str, Any]]:
 
 
 def openai_line(native: dict[str, Any]) -> dict[str, Any]:
-    """The shape batch.records writes for --output-format openai: OpenAI's fields, the native
+    """The shape batch.sink.records writes for --output-format openai: OpenAI's fields, the native
     record in `batch`."""
     ok = native["status"] == "ok"
     body = {

@@ -13,7 +13,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from batch.limits import AdaptiveLimit
+from batch.serving.limits import AdaptiveLimit
 
 
 @dataclass

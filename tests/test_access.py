@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batch.access import (
+from batch.core.errors import ConfigError
+from batch.run.config import load_config
+from batch.serving.access import (
     Headers,
     display_host,
     headers_for,
@@ -16,9 +18,7 @@ from batch.access import (
     parse_headers,
     parse_think,
 )
-from batch.backends.http_client import AccessSettings, connect
-from batch.config import load_config
-from batch.errors import ConfigError
+from batch.serving.http_client import AccessSettings, connect
 
 
 def plain(headers: Headers) -> dict[str, dict[str, str]]:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.backends.base import Usage
-from batch.budget import Budget, BudgetReached, Budgets, parse_deadline
-from batch.config import load_config
-from batch.errors import ConfigError
-from batch.hosts import parse_host
+from batch.core.chat import Usage
+from batch.core.errors import ConfigError
+from batch.labelling.budget import Budget, BudgetReached, Budgets, parse_deadline
+from batch.run.config import load_config
+from batch.serving.hosts import parse_host
 
 
 def test_a_deadline_is_a_duration_from_now_or_an_iso_time() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batch.confidence import field_confidence, value_spans
+from batch.labelling.confidence import field_confidence, value_spans
 from batch.testing import FakeOllama
 from tests.conftest import read_jsonl, run_cli, write_rows
 

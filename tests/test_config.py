@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.config import DEFAULT_HOST, load_config, parse_option
-from batch.errors import ConfigError
+from batch.core.errors import ConfigError
+from batch.run.config import DEFAULT_HOST, load_config, parse_option
 
 
 @pytest.fixture

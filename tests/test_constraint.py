@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batch.backends.constraint import (
+from batch.serving.constraint import (
     INTEGER_LIMIT,
     SchemaGrammars,
     TokenCache,
@@ -173,7 +173,7 @@ def test_the_token_cache_is_rebuilt_for_a_different_model_file(tmp_path: Path) -
 
 
 def test_format_json_allows_any_object(grammars: SchemaGrammars) -> None:
-    from batch.backends.embedded import ANY_OBJECT
+    from batch.serving.embedded import ANY_OBJECT
 
     assert accepts(grammars, ANY_OBJECT, '{ "a": [1, { "b": null }], "c": "d" }')
     assert accepts(grammars, ANY_OBJECT, "{}")

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from batch.digest import input_digest
-from batch.done import BLOCK, collect_done
-from batch.errors import ConfigError
-from batch.idset import IdSet
-from batch.records import RecordCodec, encode_line
+from batch.core.digest import input_digest
+from batch.core.errors import ConfigError
+from batch.core.idset import IdSet
+from batch.sink.done import BLOCK, collect_done
+from batch.sink.records import RecordCodec, encode_line
 
 FINGERPRINT = "0123456789abcdef"
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from batch.cli import build_parser
-from batch.config import JobConfig, load_config
+from batch.run.config import JobConfig, load_config
 
 yaml = pytest.importorskip("yaml")
 

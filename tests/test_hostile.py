@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from batch import FatalRunError, JobConfig, run_job
-from batch.backends.base import ChatRequest, Completion
 from batch.cli import main
-from batch.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
+from batch.core.chat import ChatRequest, Completion
+from batch.core.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
 from batch.testing import FakeOllama, FunctionBackend, TestBackend, completion
 from tests.conftest import FAST_RETRIES, read_jsonl, run_cli, write_rows
 

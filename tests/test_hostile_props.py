@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batch.cli import main
-from batch.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
-from batch.reader import BOM
+from batch.core.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
+from batch.source.reader import BOM
 from batch.testing import FakeOllama
 from tests.conftest import FAST_RETRIES, assert_strict_jsonl
 

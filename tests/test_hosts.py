@@ -13,10 +13,10 @@ import anyio
 import pytest
 
 from batch.cli import main
-from batch.config import JobConfig, load_config
-from batch.errors import ConfigError, FatalRunError, Transient
-from batch.hosts import Host, HostPolicy, parse_host
-from batch.pipeline import run_job
+from batch.core.errors import ConfigError, FatalRunError, Transient
+from batch.run.config import JobConfig, load_config
+from batch.run.pipeline import run_job
+from batch.serving.hosts import Host, HostPolicy, parse_host
 from batch.testing import FakeOllama, Fault, FunctionBackend, completion
 from tests.conftest import write_rows
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import json
 
-from batch.digest import input_digest, key_at_a_glance, short, short_of_line
-from batch.idset import IdSet, Sighting
-from batch.rows import id_key
+from batch.core.digest import input_digest, key_at_a_glance, short, short_of_line
+from batch.core.idset import IdSet, Sighting
+from batch.core.rows import id_key
 
 
 def test_add_reports_new_and_repeated_keys_across_growth() -> None:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from batch.cli import main
-from batch.errors import BadInput
-from batch.images import ImagePolicy, ImageRef, load_image
+from batch.core.errors import BadInput
+from batch.core.images import ImagePolicy, ImageRef, load_image
 from batch.testing import FakeOllama
 
 PNG = base64.b64decode(

@@ -13,10 +13,10 @@ import pydantic
 import pytest
 
 from batch import JobConfig, run_job
-from batch.backends.base import ChatRequest, Completion
-from batch.categories import categorical_fields
-from batch.errors import Rejected
-from batch.summary import human_summary
+from batch.core.categories import categorical_fields
+from batch.core.chat import ChatRequest, Completion
+from batch.core.errors import Rejected
+from batch.run.summary import human_summary
 from batch.testing import FunctionBackend, TestBackend, completion
 from tests.conftest import write_rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch.limits import AdaptiveLimit, FixedLimit
+from batch.serving.limits import AdaptiveLimit, FixedLimit
 from tests.limit_sim import Server, Simulation
 
 

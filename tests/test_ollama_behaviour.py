@@ -13,11 +13,11 @@ import httpx
 import ollama
 import pytest
 
-from batch.backends.base import bounded_echo
-from batch.backends.handback import keep_alive_as_found
-from batch.backends.ollama_errors import HostContext, classify
 from batch.cli import main
-from batch.errors import FatalRunError
+from batch.core.chat import bounded_echo
+from batch.core.errors import FatalRunError
+from batch.serving.handback import keep_alive_as_found
+from batch.serving.ollama_errors import HostContext, classify
 from batch.testing import FakeOllama, Fault
 from batch.testing.fake_ollama import CURRENT_VERSION, GO_RUNNER_VERSION
 

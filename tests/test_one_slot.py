@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batch.backends.base import ChatRequest
-from batch.backends.ollama import OllamaBackend
-from batch.limits import AdaptiveLimit, FixedLimit
-from batch.pool import HostPool
+from batch.core.chat import ChatRequest
+from batch.serving.limits import AdaptiveLimit, FixedLimit
+from batch.serving.ollama import OllamaBackend
+from batch.serving.pool import HostPool
 from batch.testing import FakeOllama, FunctionBackend, completion
 
 REQUEST = ChatRequest("v", [{"role": "user", "content": "hi"}])

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from batch.builder import RowBuilder
 from batch.cli import main
-from batch.errors import ConfigError
-from batch.rows import RowDefaults
+from batch.core.errors import ConfigError
+from batch.core.rows import RowDefaults
+from batch.source.builder import RowBuilder
 from batch.testing import FakeOllama, Fault
 from tests.conftest import read_jsonl
 
@@ -471,7 +471,7 @@ def test_an_openai_batch_file_runs_unchanged_on_the_embedded_model(tmp_path: Pat
 
 
 def test_the_new_settings_come_from_environment_and_job_file(tmp_path: Path) -> None:
-    from batch.config import load_config
+    from batch.run.config import load_config
 
     job = tmp_path / "jobs" / "batch.toml"
     job.parent.mkdir()

@@ -13,11 +13,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-import batch.reorder
+import batch.core.window
 from batch import FatalRunError, JobConfig, run_job
-from batch.backends.base import ChatRequest, Completion
-from batch.errors import Rejected
-from batch.reorder import ReorderWindow, sort_by_line
+from batch.core.chat import ChatRequest, Completion
+from batch.core.errors import Rejected
+from batch.core.window import ReorderWindow
+from batch.sink.reorder import sort_by_line
 from batch.testing import completion
 
 
@@ -101,7 +102,7 @@ async def test_rows_come_out_in_input_order(tmp_path: Path, seed: int) -> None:
 async def test_the_window_bounds_how_far_rows_run_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch.reorder, "WINDOW", 2)
+    monkeypatch.setattr(batch.core.window, "WINDOW", 2)
     cfg = config(tmp_path, 8, concurrency=4)
     backend = Shuffled()
     await run_shuffled(cfg, backend, 8, seed=5)

@@ -12,8 +12,8 @@ import anyio.lowlevel
 import pytest
 
 from batch import FatalRunError, JobConfig, run_job
-from batch.backends.base import ChatRequest, Completion
-from batch.errors import ConfigError, Rejected, Transient
+from batch.core.chat import ChatRequest, Completion
+from batch.core.errors import ConfigError, Rejected, Transient
 from batch.testing import FunctionBackend, completion
 from tests.conftest import read_jsonl, write_rows
 

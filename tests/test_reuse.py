@@ -16,10 +16,10 @@ import anyio
 import pytest
 
 from batch.cli import main
-from batch.config import JobConfig
-from batch.errors import ConfigError
-from batch.lock import hold_outputs, lock_path
-from batch.pipeline import run_job
+from batch.core.errors import ConfigError
+from batch.run.config import JobConfig
+from batch.run.pipeline import run_job
+from batch.sink.lock import hold_outputs, lock_path
 from batch.testing import FakeOllama, Fault
 from tests.conftest import output_by_id, read_jsonl, run_cli, summary_of
 

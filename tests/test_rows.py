@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batch.builder import RowBuilder
-from batch.errors import ConfigError
-from batch.reader import count_lines, read_chunks
-from batch.rows import RowDefaults
+from batch.core.errors import ConfigError
+from batch.core.rows import RowDefaults
+from batch.source.builder import RowBuilder
+from batch.source.reader import count_lines, read_chunks
 
 BUILDER = RowBuilder(RowDefaults(model="m", options={"temperature": 0}))
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from batch.cli import main
-from batch.config import load_config
-from batch.errors import ConfigError
-from batch.rows import id_key
-from batch.shards import parse_shard, shard_from_environ, shard_of
+from batch.core.errors import ConfigError
+from batch.core.rows import id_key
+from batch.run.config import load_config
+from batch.source.shards import parse_shard, shard_from_environ, shard_of
 from batch.testing import FakeOllama
 from tests.conftest import write_rows
 

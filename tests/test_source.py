@@ -6,12 +6,12 @@ from pathlib import Path
 
 import anyio
 
-from batch.builder import RowBuilder
-from batch.digest import short_of_line
-from batch.idset import IdSet
-from batch.rows import Row, RowDefaults
-from batch.source import RowSource
-from batch.summary import RunStats
+from batch.core.digest import short_of_line
+from batch.core.idset import IdSet
+from batch.core.rows import Row, RowDefaults
+from batch.core.stats import RunStats
+from batch.source.builder import RowBuilder
+from batch.source.row_source import RowSource
 
 
 def done_table(lines: list[bytes], ids: range) -> IdSet:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.records import native_view
+from batch.sink.records import native_view
 
 ID_FIELDS = ("id", "custom_id")
 TEXT_OUTPUT = "output"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from batch.backends.ollama_options import KNOWN_OPTIONS, RELOAD_OPTIONS, RETIRED_OPTIONS
+from batch.core.ollama_options import KNOWN_OPTIONS, RELOAD_OPTIONS, RETIRED_OPTIONS
 
 CURRENT_VERSION = "0.30.0"  # the llama-server runner
 GO_RUNNER_VERSION = "0.24.0"  # the last Go runners

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.lowlevel
 
-from batch.backends.base import ChatRequest, Completion, Usage
+from batch.core.chat import ChatRequest, Completion, Usage
 from batch.testing.schema_instance import WORDS, compile_schema, schema_key
 
 Reply = Callable[[ChatRequest], Completion | Exception]

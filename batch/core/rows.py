@@ -1,0 +1,72 @@
+"""What flows through a run: the run's defaults, a row built from one input line, its result.
+
+Types only: the builders (`batch.source.builder` and `batch.formats`) make rows, the labeller makes
+results, and the sink writes them (`batch.sink.records`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.core.chat import ChatRequest, Format, TokenLogprob, Usage
+from batch.core.errors import BadInput, RowFailure
+from batch.core.images import ImagePolicy
+from batch.core.schema import OutputSchema
+
+RowId = str | int
+
+
+def id_key(row_id: RowId) -> str:
+    """One spelling per id, so that 7 and "7" stay different rows."""
+    return f"i{row_id}" if isinstance(row_id, int) else f"s{row_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RowDefaults:
+    """The run's settings that fill in what a row does not say itself."""
+
+    model: str | None
+    options: dict[str, Any]
+    template: str | None = None
+    system: str | None = None
+    schema: OutputSchema | None = None  # every row's, unless a row brings its own
+    images: ImagePolicy = field(default_factory=lambda: ImagePolicy(Path(".")))
+
+    @property
+    def format(self) -> Format | None:
+        return self.schema.json_schema if self.schema else None
+
+
+@dataclass(slots=True)
+class Row:
+    line: int
+    id: RowId
+    request: ChatRequest | None = None
+    schema: OutputSchema | None = None  # what its reply is validated against; None: text
+    failure: BadInput | None = None
+    has_id: bool = True  # False when the line could not be read far enough to know its id
+    seq: int = 0  # the row's place among the rows sent this run, for ordered output
+    digest: str = ""  # of its input line and images (core.digest); "" until the source sets it
+    images: tuple[bytes, ...] = ()  # digests of the images it names, for its request key
+    replaces: bool = False  # its id is done from another input: its new line replaces the old
+
+
+@dataclass(slots=True)
+class RowResult:
+    row: Row
+    output: Any = None
+    failure: RowFailure | None = None
+    attempts: int = 0
+    usage: Usage = field(default_factory=Usage)
+    retries: list[str] = field(default_factory=list)  # the cause of each retry
+    host: str | None = None
+    done_reason: str | None = None
+    durations_ns: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    content: str | None = None  # the accepted reply as the model wrote it
+    logprobs: tuple[TokenLogprob, ...] | None = None  # its tokens', with --logprobs
+    confidence: dict[str, float] | None = None  # per categorical field (batch.labelling.confidence)
+    same_as: RowId | None = None  # a copy of this row's result: the request was the same
+    cached: bool = False  # taken from the --cache file, not asked

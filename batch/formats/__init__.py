@@ -1,1 +1,0 @@
-"""Formats other tools write and read: OpenAI Batch request lines in, `BatchRequestOutput` out."""

@@ -1,0 +1,393 @@
+"""The run: one task group, one pipeline.
+
+    RowSource ──rows──▶ labellers (2 per slot) ──results──▶ ResultSink (sole owner of the output)
+
+`run_job` only wires the parts together. Both streams are bounded, so memory follows the
+concurrency, never the input's size. A fatal error or a signal stops the source and the
+labellers; the sink always drains what completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from batch.core.chat import Backend
+from batch.core.errors import BatchError, FatalRunError
+from batch.core.idset import IdSet
+from batch.core.images import ImagePolicy
+from batch.core.rows import Row, RowDefaults, RowResult
+from batch.core.schema import OutputSchema, load_schema
+from batch.core.stats import RunStats
+from batch.core.window import ReorderWindow
+from batch.labelling.budget import Budget, BudgetReached, Budgets
+from batch.labelling.confidence import AskingLogprobs
+from batch.labelling.labeller import Labeller, RetryPolicy
+from batch.reuse.cache import AnswerCache
+from batch.reuse.dedup import ReusingLabeller
+from batch.run.config import JobConfig
+from batch.run.plan import rows_left
+from batch.run.progress import show_progress
+from batch.run.summary import BUDGET_STOPS, RunSummary, build_summary, write_summary
+from batch.run.wiring import open_answer_cache, open_label_watch, open_pool, reply_salt, written_by
+from batch.serving.pool import HostPool
+from batch.sink.changes import finish_output
+from batch.sink.label_watch import LabelWatch
+from batch.sink.lock import hold_outputs
+from batch.sink.output import Opener, open_append, prepare_output
+from batch.sink.records import RecordCodec
+from batch.sink.reorder import sort_by_line
+from batch.sink.writer import WRITE_BATCH, Item, ResultSink
+from batch.source.builder import RowBuilder
+from batch.source.row_source import RowSource
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[], Coroutine[Any, Any, None]]  # the progress display, ready to start
+
+
+async def run_job(
+    config: JobConfig,
+    *,
+    backends: Sequence[Backend] | None = None,
+    handle_signals: bool = False,
+    show: bool = False,
+    opener: Opener = open_append,
+    budgets: Budgets | None = None,
+) -> RunSummary:
+    """Run `config` to the end (or to a signal) and write its summary.
+
+    Raises `ConfigError` or `FatalRunError` (after writing the summary) when the run cannot go
+    on; a row's failure is an error line in the output, never raised. `backends` serve in place
+    of the configured hosts (a test double, `batch.testing.TestBackend`); `handle_signals` and
+    `show` are for the CLI; `opener` opens the output files (a test's disk that fills);
+    `budgets` replace the configured ones (`plan --sample`). Another live run writing the same
+    output is a `ConfigError`, raised before any file is touched.
+    """
+    config.check_paths()
+    with hold_outputs(written_by(config)):
+        cache = open_answer_cache(config.cache)
+        try:
+            return await _run_job(config, backends, handle_signals, show, cache, opener, budgets)
+        finally:
+            if cache is not None:
+                cache.close()
+
+
+async def _run_job(
+    config: JobConfig,
+    backends: Sequence[Backend] | None,
+    handle_signals: bool,
+    show: bool,
+    cache: AnswerCache | None,
+    opener: Opener,
+    budgets: Budgets | None,
+) -> RunSummary:
+    stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
+    schema = load_schema(config.schema_ref) if config.schema_ref else None
+    codec = RecordCodec(config.fingerprint(schema), config.output_format)
+    done = await anyio.to_thread.run_sync(
+        partial(prepare_output, config.output_path, codec, overwrite=config.overwrite)
+    )
+    done_before = len(done)  # the table fills with this run's ids from here on
+    if (errors_file := config.errors_file) is not None:
+        # It lists the failures of the latest run; a rerun tries them again.
+        await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
+    pool = open_pool(config, backends)
+    watch = await open_label_watch(config)
+    budget = Budget(budgets or config.budgets)
+    pool.meter = budget
+    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
+    log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
+    if config.shard is not None:
+        log.info("shard %s: only the rows whose id hashes to it", config.shard)
+    try:
+        progress = _progress(config, stats, pool) if show else None
+        await run.execute(handle_signals=handle_signals, progress=progress)
+        if done_before:
+            await _finish_rerun(config, codec, done, done_before, run, stats)
+        if config.ordered and done_before:  # a rerun appended after the rows it kept
+            await anyio.to_thread.run_sync(sort_by_line, config.output_path)
+    finally:
+        await pool.aclose()
+        run.labeller.close()
+        summary = build_summary(
+            stats,
+            input_path=config.input,
+            output_path=config.output_path,
+            fingerprint=codec.fingerprint,
+            hosts=pool.names,
+            model=config.model,
+            fatal=str(run.fatal) if run.fatal else None,
+            stopped_by=run.stopped_by,
+            errors_path=config.errors_file,
+            host_report=pool.report(),
+            shard=config.shard,
+            left=await _left(config, run, row_defaults(config, schema), codec.fingerprint),
+        ).model_copy(update=watch.summary_fields())
+        unwritten = await _write_summary(config.summary_path, summary)
+    return _outcome(summary, run.fatal, unwritten)
+
+
+def _assemble(
+    config: JobConfig,
+    stats: RunStats,
+    codec: RecordCodec,
+    done: IdSet,
+    schema: OutputSchema | None,
+    pool: HostPool,
+    watch: LabelWatch,
+    cache: AnswerCache | None,
+    opener: Opener,
+    budget: Budget,
+) -> _Run:
+    """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
+    window = ReorderWindow[Item]() if config.ordered else None
+    builder = RowBuilder(row_defaults(config, schema))
+    labeller = Labeller(
+        AskingLogprobs(pool) if config.asks_logprobs else pool,
+        RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
+    )
+    return _Run(
+        source=RowSource(
+            config.input, builder, done, stats, shard=config.shard_spec, window=window
+        ),
+        labeller=ReusingLabeller(
+            labeller, dedup=config.dedup, cache=cache, salt=reply_salt(config)
+        ),
+        sink=ResultSink(
+            config.output_path,
+            codec,
+            stats,
+            watch,
+            errors_file=config.errors_file,
+            window=window,
+            opener=opener,
+        ),
+        slots=pool.capacity,
+        grace_period=config.grace_period,
+        window=window,
+        budget=budget,
+    )
+
+
+def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
+    shards = config.shard_spec.count if config.shard_spec else 1
+    return partial(show_progress, stats, config.input, config.log_every, pool.hosts, shards)
+
+
+def _outcome(summary: RunSummary, fatal: BatchError | None, unwritten: str | None) -> RunSummary:
+    """The summary; else the run's fatal error, saying too that the summary was not written."""
+    if fatal is not None:
+        raise FatalRunError(f"{fatal}. {unwritten}") if unwritten else fatal
+    if unwritten:
+        raise FatalRunError(f"every row was written, but {unwritten}")
+    return summary
+
+
+async def _write_summary(path: Path, summary: RunSummary) -> str | None:
+    """Writes the summary; None, or why it could not be (the disk that stopped the run)."""
+    try:
+        await anyio.to_thread.run_sync(write_summary, path, summary)
+    except OSError as exc:
+        return f"the summary could not be written to {path}: {exc.strerror or exc}"
+    return None
+
+
+async def _finish_rerun(
+    config: JobConfig,
+    codec: RecordCodec,
+    done: IdSet,
+    done_before: int,
+    run: _Run,
+    stats: RunStats,
+) -> None:
+    """Counts the rows no longer in the input; takes out the old lines of the changed rows
+    labelled again (and, with --prune, the rows no longer in the input)."""
+    source, changes = run.source, run.sink.changes
+    prune = config.prune and source.read_all
+    if source.read_all:  # each done id met in the input was skipped or found changed
+        stats.not_in_input = done_before - stats.skipped - source.changed_met
+    if len(changes) or (prune and stats.not_in_input):
+        stats.pruned = await anyio.to_thread.run_sync(
+            partial(finish_output, config.output_path, codec, done, changes, prune=prune)
+        )
+
+
+async def _left(
+    config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
+) -> dict[str, float | int] | None:
+    """After a budget stop: the rows the next run labels, and what is left of each budget."""
+    if run.stopped_by not in BUDGET_STOPS:
+        return None
+    return {"rows": await rows_left(config, defaults, fingerprint), **run.budget.left()}
+
+
+def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
+    return RowDefaults(
+        model=config.model,
+        options=config.options,
+        template=config.template,
+        system=config.system,
+        schema=schema,
+        images=ImagePolicy(config.input.parent, config.allow_outside_images),
+    )
+
+
+@dataclass
+class _Run:
+    """The task group: the source, the labellers and the sink, and what stops them."""
+
+    source: RowSource
+    labeller: ReusingLabeller
+    sink: ResultSink
+    slots: int
+    grace_period: float
+    window: ReorderWindow[Item] | None = None
+    stopping: anyio.Event = field(default_factory=anyio.Event)
+    work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    fatal: BatchError | None = None
+    stopped_by: str | None = None
+    budget: Budget = field(default_factory=lambda: Budget(Budgets()))
+
+    def stop(self) -> None:
+        """Take no new rows."""
+        self.stopping.set()
+        if self.window is not None:
+            self.window.close()
+
+    def stop_at_budget(self) -> None:
+        """A budget is met: no new row; rows under way get the grace period."""
+        if self.stopped_by is None:
+            self.stopped_by = self.budget.met
+            log.warning(
+                "the %s budget is met: taking no new rows; rows under way get %gs",
+                self.stopped_by,
+                self.grace_period,
+            )
+            # Rows already sent may run to the deadline itself, then get the grace period.
+            to_deadline = max(self.budget.seconds_to_deadline() or 0.0, 0.0)
+            self.work.deadline = anyio.current_time() + to_deadline + self.grace_period
+        self.stop()
+
+    async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
+        # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
+        labellers = 2 * self.slots
+        rows_send, rows_receive = anyio.create_memory_object_stream[Row](labellers)
+        # Room for a flush interval's rows, so that labellers never wait for the sink.
+        results_send, results_receive = anyio.create_memory_object_stream[RowResult](
+            max(labellers, WRITE_BATCH)
+        )
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._write, results_receive)
+            watchers = anyio.CancelScope()
+            outer.start_soon(self._watch, watchers, handle_signals, progress)
+            with self.work:
+                async with results_send, rows_receive, anyio.create_task_group() as work:
+                    work.start_soon(self._read, rows_send)
+                    for _ in range(labellers):
+                        work.start_soon(self._label, rows_receive.clone(), results_send.clone())
+            watchers.cancel()
+
+    async def _watch(
+        self, scope: anyio.CancelScope, handle_signals: bool, progress: Progress | None
+    ) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(self._on_signals)
+                if (seconds := self.budget.seconds_to_deadline()) is not None:
+                    tg.start_soon(self._at_deadline, seconds)
+                if progress is not None:
+                    tg.start_soon(self._show, progress)
+
+    async def _show(self, progress: Progress) -> None:
+        try:
+            await progress()
+        except Exception as exc:  # a display that fails must not stop the run
+            log.warning("progress display stopped: %s: %s", type(exc).__name__, exc)
+
+    def _fail(self, exc: Exception, task: str, *, cancel: bool = True) -> None:
+        """Any task's failure ends as one fatal error for run_job to raise, never as an
+        exception group; `cancel`: stop in-flight rows too, not only the taking of new ones."""
+        if not isinstance(exc, BatchError):
+            log.debug("unexpected error in the %s", task, exc_info=exc)
+            exc = FatalRunError(
+                f"unexpected error in the {task}: {type(exc).__name__}: {exc} "
+                "(a bug: run with -v for the traceback)"
+            )
+        self.fatal = self.fatal or exc
+        self.stop()
+        if cancel:
+            self.work.cancel()
+
+    async def _write(self, results: MemoryObjectReceiveStream[RowResult]) -> None:
+        try:
+            await self.sink.drain(results)
+        except Exception as exc:  # a full disk: nothing more can be written
+            self._fail(exc, "writer")
+
+    async def _read(self, send: MemoryObjectSendStream[Row]) -> None:
+        try:
+            await self.source.feed(send, self.stopping)
+        except anyio.BrokenResourceError:
+            pass  # every labeller has stopped (a signal): nothing left to feed
+        except OSError as exc:  # rows read so far still finish
+            reason = FatalRunError(f"cannot read the input: {exc}")
+            self._fail(reason, "reader", cancel=False)
+        except Exception as exc:  # e.g. a row with no model and no --model
+            self._fail(exc, "reader", cancel=False)
+
+    async def _label(
+        self, rows: MemoryObjectReceiveStream[Row], results: MemoryObjectSendStream[RowResult]
+    ) -> None:
+        async with rows, results:
+            async for row in rows:
+                if self.stopping.is_set():
+                    return
+                if not self.budget.row_may_start():
+                    self.stop_at_budget()
+                    return
+                try:
+                    result = await self.labeller.label(row)
+                except BudgetReached:  # at the send gate: the row is left for the next run
+                    self.stop_at_budget()
+                    return
+                except Exception as exc:  # FatalRunError; a row's own trouble is its result
+                    self._fail(exc, "labeller")
+                    return
+                self.budget.row_ended(result.elapsed_s, result.usage)
+                try:
+                    with anyio.CancelScope(shield=True):  # a finished row is never dropped
+                        await results.send(result)
+                except anyio.BrokenResourceError:
+                    return  # the writer stopped (a full disk): it reported why
+
+    async def _at_deadline(self, seconds: float) -> None:
+        await anyio.sleep(max(seconds, 0.0))
+        self.budget.met = self.budget.met or "deadline"
+        self.stop_at_budget()
+
+    async def _on_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopped_by is not None:
+                    log.warning("second signal: stopping now")
+                    self.work.cancel()
+                    return
+                self.stopped_by = signal.Signals(signum).name
+                self.stop()
+                log.warning(
+                    "%s: taking no new rows; in-flight rows get %gs",
+                    self.stopped_by,
+                    self.grace_period,
+                )
+                self.work.deadline = anyio.current_time() + self.grace_period
