@@ -26,13 +26,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench import (
-    BARE_LOOP,
-    MODEL,
-    BenchError,
+from bench_harness import (
     Figure,
     Suite,
-    _bare_loop_rate,
+    bare_loop_rate,
     check_complete,
     fake_ollama,
     note,
@@ -41,6 +38,7 @@ from bench import (
     ratio,
     read_summary,
     render,
+    run_main,
     suite_in_tempdir,
 )
 
@@ -66,6 +64,11 @@ def compare(
     return figures
 
 
+def auto(suite: Suite) -> None:
+    """The `auto` benchmark for `bench.py`: the default grid's figures added to `suite.figures`."""
+    suite.figures += compare(suite)
+
+
 def _one(suite: Suite, variant: str, slots: int, latency: float, seconds: float) -> Figure:
     ideal = slots / latency
     rows = min(MAX_ROWS, max(1, int(ideal * seconds)))
@@ -79,9 +82,7 @@ def _one(suite: Suite, variant: str, slots: int, latency: float, seconds: float)
         suite, name, latency=latency, slots=slots, max_queue=max_queue, counters=counters
     ) as url:
         if variant == "bare":
-            argv = [sys.executable, str(BARE_LOOP), str(source), str(output), "--host", url]
-            argv += ["--model", MODEL, "--concurrency", str(slots + 2)]
-            argv += ["--schema", str(suite.schema)]
+            argv = suite.bare_loop_command(source, output, url, slots + 2)
             measured = suite.run(name, argv)
         else:
             c = {"fixed": str(slots), "fixed+2": str(slots + 2)}.get(variant, "auto")
@@ -91,7 +92,7 @@ def _one(suite: Suite, variant: str, slots: int, latency: float, seconds: float)
     setting = f"S={slots}, L={latency:g}s, {rows:,} rows"
     reference = f"ideal S/L: {rate(ideal)}"
     if variant == "bare":
-        achieved = _bare_loop_rate(suite.log_file(name)) or rows / measured.wall_s
+        achieved = bare_loop_rate(suite.log_file(name)) or rows / measured.wall_s
         return Figure(
             "auto",
             f"bare loop c=S+2 ({setting})",
@@ -136,13 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variants", type=lambda t: tuple(t.split(",")), default=VARIANTS, metavar="V[,V...]"
     )
     args = parser.parse_args(argv)
+    return run_main(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with suite_in_tempdir("batch-bench-auto-", 0, 0, ()) as suite:
-        try:
-            figures = compare(suite, args.seconds, args.slots, args.latency, args.variants)
-        except BenchError as exc:
-            note(f"benchmark failed: {exc}")
-            return 1
+        figures = compare(suite, args.seconds, args.slots, args.latency, args.variants)
     print_header(
         "Concurrency auto",
         load_before,

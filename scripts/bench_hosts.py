@@ -26,11 +26,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.testing import FakeOllama
+from bench_harness import ROOT, BenchError, count_lines, note, run_main
+
+try:
+    from batch.testing import FakeOllama
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+    from batch.testing import FakeOllama
 
 
 @dataclass
@@ -96,14 +103,6 @@ def write_rows(path: Path, n: int) -> None:
             f.write(json.dumps({"id": f"r{i}", "prompt": f"label row {i}"}) + "\n")
 
 
-def count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
-
-
 def check_once(path: Path, n: int) -> tuple[int, int, int, int]:
     """(ok, failed, missing, duplicated) of the output against ids r0..r{n-1}."""
     seen: dict[str, int] = {}
@@ -116,6 +115,11 @@ def check_once(path: Path, n: int) -> tuple[int, int, int, int]:
     missing = sum(1 for i in range(n) if f"r{i}" not in seen)
     duplicated = sum(1 for count in seen.values() if count > 1)
     return ok, failed, missing, duplicated
+
+
+def _last(said: str, lines: int = 15) -> str:
+    """The end of what a program said on stderr."""
+    return "\n".join(said.strip().splitlines()[-lines:]) or "(nothing)"
 
 
 def batch_command(path: Path, hosts: list[Host], *extra: str) -> list[str]:
@@ -142,18 +146,23 @@ def losing_hosts(work: Path, hosts: list[Host], rows: int) -> dict[str, Any]:
             for host in hosts[:2]:
                 host.stop()
             events.append(f"{time.monotonic() - started:.1f}s: stopped hosts 0 and 1 at row {done}")
-            print(events[-1], file=sys.stderr)
+            note(events[-1])
             stage = 1
         elif stage == 1 and done >= rows // 2:
             hosts[0].restart()
             events.append(f"{time.monotonic() - started:.1f}s: host 0 back at row {done}")
-            print(events[-1], file=sys.stderr)
+            note(events[-1])
             stage = 2
     _, err = proc.communicate()
     ended = time.monotonic()
     elapsed = ended - started
+    summary_file = work / "in.out.summary.json"
+    if not summary_file.exists():
+        raise BenchError(
+            f"the run over all hosts exited {proc.returncode} without a summary:\n{_last(err)}"
+        )
     ok, failed, missing, duplicated = check_once(output, rows)
-    summary = json.loads((work / "in.out.summary.json").read_text())
+    summary = json.loads(summary_file.read_text())
     nominal = sum(h.capacity for h in hosts)
     available = sum(h.capacity * h.up_for(ended) for h in hosts) / elapsed
     hosts[1].restart()  # for the sharded run
@@ -193,7 +202,14 @@ def sharded(work: Path, hosts: list[Host], rows: int, shards: int) -> dict[str, 
     merge = subprocess.run(
         [sys.executable, "-m", "batch", "merge", str(path)], capture_output=True, text=True
     )
-    ok, failed, missing, duplicated = check_once(folder / "in.out.jsonl", rows)
+    merged = folder / "in.out.jsonl"
+    if not merged.exists():
+        said = merge.stderr.strip() or _last(next((e for c, e in codes if c), ""))
+        raise BenchError(
+            f"shards exited {[c for c, _ in codes]}, merge {merge.returncode}, "
+            f"and no merged output:\n{said}"
+        )
+    ok, failed, missing, duplicated = check_once(merged, rows)
     per_shard = [count_lines(folder / f"in.shard-{k}-of-{shards}.out.jsonl") for k in range(shards)]
     return {
         "codes": [c for c, _ in codes],
@@ -251,26 +267,30 @@ def report(hosts: list[Host], lost: dict[str, Any], split: dict[str, Any], argv:
     return "\n".join(out)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=16)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--shards", type=int, default=4)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    shown = " ".join(["python scripts/bench_hosts.py", *(sys.argv[1:] if argv is None else argv)])
+    return run_main(lambda: _report(args, shown))
+
+
+def _report(args: argparse.Namespace, shown: str) -> int:
     hosts = make_hosts(args.hosts)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-hosts-") as tmp:
             work = Path(tmp)
-            print("run over all hosts, losing two ...", file=sys.stderr)
+            note("run over all hosts, losing two ...")
             lost = losing_hosts(work, hosts, args.rows)
             if lost["code"] not in (0, 1):
-                print(lost["stderr"], file=sys.stderr)
-            print("sharded run ...", file=sys.stderr)
+                note(lost["stderr"])
+            note("sharded run ...")
             split = sharded(work, hosts, args.rows, args.shards)
             for error in split["errors"]:
-                print(error, file=sys.stderr)
-            argv = " ".join(["python scripts/bench_hosts.py", *sys.argv[1:]])
-            print(report(hosts, lost, split, argv))
+                note(error)
+            print(report(hosts, lost, split, shown))
     finally:
         for host in hosts:
             host.server.stop()

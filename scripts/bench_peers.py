@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-from bench import (
+from bench_harness import (
+    DEFAULT_ROWS,
     MODEL,
     SCHEMA,
     SCRIPTS,
@@ -51,6 +52,7 @@ from bench import (
     rate,
     ratio,
     read_summary,
+    run_main,
     suite_in_tempdir,
     tail,
 )
@@ -117,7 +119,7 @@ def version(distribution: str) -> str:
 def rows_ok(output: Path, rows: int) -> int:
     """Distinct input ids whose output line is ok and conforms to the schema."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    expected = set(range(1, rows + 1))  # bench.py's input ids
+    expected = set(range(1, rows + 1))  # the ids of Suite.input_file
     done: set[int] = set()
     try:
         source = output.open("rb")
@@ -141,7 +143,7 @@ def own_rate(name: str, output: Path, log: Path) -> float | None:
     if name == "batch":
         try:
             return float(read_summary(output)["throughput"]["rows_per_s"])
-        except (OSError, ValueError, KeyError):
+        except (BenchError, ValueError, KeyError):
             return None
     found = re.search(r": \d+ rows in [\d.]+ s \(([\d.]+) rows/s\)", tail(log))
     return float(found.group(1)) if found else None
@@ -273,7 +275,9 @@ def table(outcomes: Sequence[Outcome], rows: int) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rows", type=positive_int, default=2000, help="rows (default 2000)")
+    parser.add_argument(
+        "--rows", type=positive_int, default=DEFAULT_ROWS, help=f"rows (default {DEFAULT_ROWS})"
+    )
     parser.add_argument(
         "--concurrency", type=positive_int, default=8, help="requests in flight (default 8)"
     )
@@ -288,17 +292,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_main(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with suite_in_tempdir("batch-bench-peers-", args.rows, args.concurrency, ()) as suite:
-        try:
-            outcomes = run_all(suite, args.latency)
-        except BenchError as exc:
-            note(f"benchmark failed: {exc}")
-            return 1
-        except KeyboardInterrupt:
-            note("interrupted")
-            return 130
+        outcomes = run_all(suite, args.latency)
     elapsed = time.perf_counter() - started
     print_header(
         "batch and its peers",

@@ -20,9 +20,26 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import bench
-from bench import Figure, Suite, note, rate, ratio, read_summary
+from bench_harness import (
+    DEFAULT_ROWS,
+    MODEL,
+    PROMPTS,
+    ROOT,
+    BenchError,
+    Figure,
+    Suite,
+    check_complete,
+    fake_ollama,
+    note,
+    rate,
+    ratio,
+    read_summary,
+    render,
+    run_main,
+    suite_in_tempdir,
+)
 
 DIGEST_REFERENCE_ROWS = 10_000
 REUSE_ROWS = 100_000
@@ -30,14 +47,16 @@ REUSE_ROWS = 100_000
 
 def synthesized_done(suite: Suite, rows: int) -> tuple[Path, Path]:
     """An input of `rows` rows and an output where each is done, as the worker writes them."""
-    sys.path.insert(0, str(bench.ROOT))
+    sys.path.insert(0, str(ROOT))
     from batch.core.digest import input_digest
     from batch.core.schema import load_schema
     from batch.run.config import JobConfig
     from batch.sink.records import encode_line
 
     source = suite.input_file(rows)
-    config = JobConfig(input=source, model=bench.MODEL, schema_ref=str(suite.schema))
+    # Flat settings, as `python -m batch run` gets them; JobConfig sorts them into its groups.
+    flat: dict[str, Any] = {"input": source, "model": MODEL, "schema_ref": str(suite.schema)}
+    config = JobConfig(**flat)
     fingerprint = config.fingerprint(load_schema(str(suite.schema)))
     output = suite.workdir / f"done-{rows}.jsonl"
     with source.open("rb") as lines, output.open("wb") as out:
@@ -49,7 +68,7 @@ def synthesized_done(suite: Suite, rows: int) -> tuple[Path, Path]:
                 "output": {"label": "pos"},
                 "attempts": 1,
                 "usage": {"requests": 1, "input_tokens": 20, "output_tokens": 4},
-                "model": bench.MODEL,
+                "model": MODEL,
                 "host": "http://127.0.0.1:1",
                 "done_reason": "stop",
                 "elapsed_s": 0.01,
@@ -69,7 +88,7 @@ def bench_resume_digests(suite: Suite, rows: int) -> None:
         measured = suite.run(f"resume-digests-{n}", command)
         summary = read_summary(output)["rows"]
         if summary["skipped"] != n or summary["ok"] or summary["changed"]:
-            raise bench.BenchError(f"resume: the rerun should skip all {n} rows, not {summary}")
+            raise BenchError(f"resume: the rerun should skip all {n} rows, not {summary}")
         results.append((n, measured))
     (small_n, small), (n, big) = results[0], results[-1]
     suite.figures += [
@@ -94,7 +113,7 @@ def bench_dedup(suite: Suite) -> None:
     n, c = suite.rows, suite.concurrency
     source = suite.input_file(n)  # every prompt differs: dedup finds nothing
     best: dict[str, float] = {}
-    with bench.fake_ollama(suite, "dedup", latency=0.0, slots=c) as url:
+    with fake_ollama(suite, "dedup", latency=0.0, slots=c) as url:
         for turn in range(2):
             for name, extra in (("on", []), ("off", ["--no-dedup"])):
                 output = suite.workdir / f"dedup-{name}-{turn}.jsonl"
@@ -102,7 +121,7 @@ def bench_dedup(suite: Suite) -> None:
                 command = [*suite.batch_command(source, output, url, c), *extra]
                 note(f"  batch, dedup {name}: {n} rows, concurrency {c}")
                 measured = suite.run(f"dedup-{name}-{turn}", command)
-                bench.check_complete("dedup", read_summary(output), n)
+                check_complete("dedup", read_summary(output), n)
                 best[name] = max(best.get(name, 0.0), n / measured.wall_s)
     suite.figures.append(
         Figure(
@@ -119,7 +138,7 @@ def reuse_inputs(suite: Suite, rows: int) -> tuple[Path, Path, int]:
     """The measured input (30 % copies) and the file that warms the cache with half of its
     distinct prompts, under other ids; and the number of distinct prompts."""
     distinct = rows - rows * 3 // 10
-    prompts = [bench.PROMPTS[i % len(bench.PROMPTS)].format(i=i) for i in range(distinct)]
+    prompts = [PROMPTS[i % len(PROMPTS)].format(i=i) for i in range(distinct)]
     shuffle = random.Random(13)
     picks = prompts + [shuffle.choice(prompts) for _ in range(rows - distinct)]
     shuffle.shuffle(picks)
@@ -139,7 +158,7 @@ def bench_reuse(suite: Suite, rows: int) -> None:
     source, warm, distinct = reuse_inputs(suite, rows)
     cache = suite.workdir / "reuse-cache.sqlite"
     c = suite.concurrency
-    with bench.fake_ollama(suite, "reuse", latency=0.0, slots=c) as url:
+    with fake_ollama(suite, "reuse", latency=0.0, slots=c) as url:
         note(f"  warming the cache: {distinct // 2:,} rows of another file")
         warm_out = suite.workdir / "warm.out.jsonl"
         suite.run(
@@ -151,7 +170,7 @@ def bench_reuse(suite: Suite, rows: int) -> None:
             "reuse", [*suite.batch_command(source, output, url, c), "--cache", str(cache)]
         )
     summary = read_summary(output)
-    bench.check_complete("reuse", summary, rows)
+    check_complete("reuse", summary, rows)
     sent, saved = summary["usage"]["requests"], summary["requests_saved"]
     suite.figures.append(
         Figure(
@@ -177,9 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="resume_digests,dedup,reuse")
     parser.add_argument("--resume-rows", type=int, default=1_000_000)
     parser.add_argument("--reuse-rows", type=int, default=REUSE_ROWS)
-    parser.add_argument("--rows", type=int, default=bench.DEFAULTS.rows)
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     args = parser.parse_args(argv)
-    with bench.suite_in_tempdir("batch-bench-reuse-", args.rows, 8, (args.resume_rows,)) as suite:
+    return run_main(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    with suite_in_tempdir("batch-bench-reuse-", args.rows, 8, (args.resume_rows,)) as suite:
         for name in args.only.split(","):
             note(f"{name} ...")
             if name == "resume_digests":
@@ -188,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_dedup(suite)
             elif name == "reuse":
                 bench_reuse(suite, args.reuse_rows)
-    print(bench.render(suite.figures))
+    print(render(suite.figures))
     return 0
 
 

@@ -147,7 +147,12 @@ def fake_from(args: argparse.Namespace) -> FakeOllama:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fake = fake_from(args := build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        fake = fake_from(args)
+    except ValueError as exc:  # a value the fake refuses (`--slots 0`): one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     fake_openai.mount(fake)
     for fault in args.fault:
         fake.add_fault(fault)

@@ -119,9 +119,7 @@ def unlisted_in_layout() -> Iterator[str]:
 
 
 def too_many_loose() -> Iterator[str]:
-    loose = [
-        p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
-    ]
+    loose = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
     if len(loose) > MAX_LOOSE:
         yield f"{len(loose)} modules loose in batch/ (at most {MAX_LOOSE}): {', '.join(loose)}"
 
