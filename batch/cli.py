@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from batch.core.states import StopReason
 from batch.quality.cli import add_eval, run_eval
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_FATAL, EXIT_BUDGET = 0, 1, 2, 3
@@ -23,7 +24,7 @@ EXIT_CODES = (
     "fatal error; 3 stopped at a budget (--deadline, --max-tokens, --max-requests): run again "
     "to continue; 130 after SIGINT; 143 after SIGTERM"
 )
-EXIT_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_BY_SIGNAL = {StopReason.SIGINT: 130, StopReason.SIGTERM: 143}
 
 log = logging.getLogger("batch")
 
@@ -61,218 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--sample", type=int, metavar="N", help="label N rows; project the rest")
     for command in (run, plan):
         command.add_argument("input", type=Path, help="the JSONL file of rows")
-        for adder in (
-            _files,
-            _model,
-            _quality,
-            _reuse,
-            _hosts,
-            _retries,
-            _budgets,
-            _access,
-            _shards,
-            _display,
-        ):
-            adder(command)
+        _add_settings(command)
     _add_merge(commands)
     _add_cache(commands)
     add_eval(commands)
     return parser
 
 
-# default=SUPPRESS: only flags the user typed reach the config, so env and file can fill in.
-def _files(run: argparse.ArgumentParser) -> None:
-    group = run.add_argument_group("input and output")
-    add = partial(_add, group)
-    add("-o", "--output", type=Path, help="output JSONL (default: INPUT with .out.jsonl)")
-    add("--summary", type=Path, help="summary JSON (default: OUTPUT with .summary.json)")
-    add(
-        "--output-format",
-        choices=["native", "openai"],
-        help="native rows (default), or OpenAI Batch output lines (BatchRequestOutput)",
-    )
-    add("--ordered", action="store_true", help="write output rows in input order")
-    add(
-        "--errors-file",
-        type=Path,
-        metavar="FILE",
-        help="write failed rows here instead of the output (rewritten by every run)",
-    )
-    add(
-        "--allow-outside-images",
-        action="store_true",
-        help="let rows read image files outside the input file's folder",
-    )
-    add("--overwrite", action="store_true", help="discard an existing output instead of resuming")
-    add("--prune", action="store_true", help="take out output rows whose id left the input")
-    group.add_argument(
-        "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
-    )
+def _add_settings(command: argparse.ArgumentParser) -> None:
+    """Every setting's flag (batch/run/settings.py), and the two flags that are not settings."""
+    from batch.run.flags import add_flags
+    from batch.run.settings import GROUPS
 
+    def job_file(group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
+        )
 
-def _reuse(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("reuse"))
-    add(
-        "--no-dedup",
-        dest="dedup",
-        action="store_false",
-        help="send every row, identical requests too (for independent samples at temperature > 0)",
-    )
-    add("--cache", type=Path, metavar="FILE", help="SQLite cache of replies shared across runs")
+    def verbose(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-
-def _model(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("model and prompt"))
-    add("-m", "--model", help="Ollama model; a row's own 'model' wins")
-    add(
-        "--option",
-        dest="options",
-        action="append",
-        metavar="KEY=VALUE",
-        help="Ollama option, repeatable, e.g. num_ctx=8192 (default temperature=0)",
-    )
-    add(
-        "--schema",
-        dest="schema_ref",
-        metavar="module:Class|file.json",
-        help="validate each result against a pydantic model or a JSON Schema",
-    )
-    add("--template", metavar="TEXT", help="build the prompt from row fields: 'Review: {text}'")
-    add("--system", metavar="TEXT", help="system prompt for every row")
-    add(
-        "--think",
-        choices=["auto", "on", "off", "low", "medium", "high", "max"],
-        help="thinking for thinking models (default auto: off when a schema is set)",
-    )
-
-
-def _quality(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("label quality (see also: batch eval)"))
-    add(
-        "--logprobs",
-        action="store_true",
-        help="ask for token log-probabilities and record each categorical field's confidence "
-        '("confidence" in output rows; Ollama 0.12.11+ or --host embedded)',
-    )
-    add(
-        "--review-below",
-        type=float,
-        metavar="P",
-        help="write ok rows whose least confident label is below P to the review file "
-        "(implies --logprobs)",
-    )
-    add(
-        "--review-file",
-        type=Path,
-        metavar="FILE",
-        help="where --review-below writes (default: OUTPUT with .review.jsonl)",
-    )
-
-
-def _hosts(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("hosts and concurrency"))
-    add(
-        "--host",
-        dest="hosts",
-        action="append",
-        metavar="URL",
-        help="Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
-    )
-    add(
-        "-c",
-        "--concurrency",
-        type=_concurrency,
-        metavar="N|auto",
-        help="requests in flight per host; auto (default): found per host from its replies",
-    )
-    add(
-        "--max-concurrency",
-        type=int,
-        metavar="N",
-        help="with auto: the most a host is ever given (default 64)",
-    )
-    add(
-        "--embedded-contexts",
-        type=int,
-        metavar="N",
-        help="with --host embedded: llama.cpp contexts, each serving one row at a time "
-        "(default: one a core)",
-    )
-
-
-def _concurrency(text: str) -> int | str:
-    return text if text == "auto" else int(text)
-
-
-def _budgets(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("budgets (met: exit 3, run again to continue)"))
-    add(
-        "--deadline",
-        metavar="DURATION|TIME",
-        help="start no row that cannot end by then (50m, 1h30m, or an ISO time); in-flight rows "
-        "finish, the summary is written",
-    )
-    add("--max-tokens", type=int, metavar="N", help="input plus output tokens, every attempt")
-    add("--max-requests", type=int, metavar="N", help="requests sent, every attempt")
-
-
-def _retries(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("retries and time"))
-    add("--timeout", type=float, metavar="SECONDS", help="limit for each request (default 300)")
-    add("--max-attempts", type=int, help="tries per row, any cause (default 5)")
-    add("--backoff", type=float, metavar="SECONDS", help="first retry wait (default 0.5)")
-    add("--backoff-max", type=float, metavar="SECONDS", help="longest retry wait (default 10)")
-    add(
-        "--grace-period",
-        type=float,
-        metavar="SECONDS",
-        help="time in-flight rows get after SIGINT/SIGTERM (default 5)",
-    )
-    add(
-        "--keep-alive",
-        metavar="DURATION",
-        help="keep_alive sent with each request, e.g. 1h or -1 (default: 30m during the run, "
-        "then the server's default)",
-    )
-
-
-def _access(run: argparse.ArgumentParser) -> None:
-    """Production setups: credentials, TLS, proxies (README "Production setups")."""
-    add = partial(_add, run.add_argument_group("access and TLS"))
-    add(
-        "--header",
-        dest="headers",
-        action="append",
-        metavar="'[HOST_URL ]NAME: VALUE'",
-        help="HTTP header for every host, or for one host; repeatable. Keep secrets in "
-        "BATCH_HEADERS or the job file: flags show in `ps`. The API key is OLLAMA_API_KEY",
-    )
-    add("--ca-bundle", type=Path, metavar="FILE", help="PEM file of the CAs to trust for https")
-    add("--insecure", action="store_true", help="do not verify TLS certificates (warns)")
-    add(
-        "--proxy",
-        metavar="URL",
-        help="proxy for every host, loopback included (default: HTTP(S)_PROXY, never loopback)",
-    )
-
-
-def _shards(run: argparse.ArgumentParser) -> None:
-    add = partial(_add, run.add_argument_group("shards"))
-    add("--shard", metavar="K/N", help="run only shard K (from 0) of N; see README 'Shards'")
-    add("--shards", type=int, metavar="N", help="shard count when K comes from the scheduler")
-
-
-def _display(run: argparse.ArgumentParser) -> None:
-    group = run.add_argument_group("display")
-    add = partial(_add, group)
-    add("-q", "--quiet", action="store_true", help="no progress display")
-    add(
-        "--log-every",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between progress lines when stderr is not a terminal (default 10)",
-    )
-    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_flags(command, GROUPS, then={"files": job_file, "display": verbose})
 
 
 def _add_merge(commands: Any) -> None:
@@ -351,10 +161,6 @@ def _cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add(parser: argparse._ActionsContainer, *names: str, **kwargs: Any) -> None:
-    parser.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
@@ -372,21 +178,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     from batch.core.errors import BatchError
-    from batch.run.config import load_config, parse_option
+    from batch.run.config import load_config
+    from batch.run.flags import given_flags
     from batch.run.pipeline import run_job
-    from batch.run.summary import BUDGET_STOPS, human_summary
+    from batch.run.settings import SETTINGS
+    from batch.run.summary import human_summary
 
-    flags = dict(vars(args))
     try:
-        if "options" in flags:
-            flags["options"] = dict(parse_option(o) for o in flags["options"])
-        config = load_config(flags, job_file=job_file)
+        config = load_config(given_flags(args, SETTINGS), job_file=job_file)
         if command == "plan":
             return int(anyio.run(_plan, config, plan_json, sample))
-        summary = anyio.run(partial(run_job, config, handle_signals=True, show=not config.quiet))
+        summary = anyio.run(
+            partial(run_job, config, handle_signals=True, show=not config.display.quiet)
+        )
     except KeyboardInterrupt:  # before the run installed its own signal handling
         log.error("interrupted")
-        return EXIT_BY_SIGNAL["SIGINT"]
+        return EXIT_BY_SIGNAL[StopReason.SIGINT]
     except (BatchError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
@@ -395,9 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("the traceback", exc_info=exc)
         return EXIT_FATAL
     sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
-    if summary.stopped_by in BUDGET_STOPS:
+    if summary.stopped_by is not None and summary.stopped_by.is_budget:
         return EXIT_BUDGET
-    if summary.stopped_by:
+    if summary.stopped_by is not None:
         return EXIT_BY_SIGNAL.get(summary.stopped_by, EXIT_FATAL)
     return EXIT_ROWS_FAILED if summary.rows.error else EXIT_OK
 
@@ -425,11 +232,13 @@ async def _plan(config: Any, json_path: Path | None, sample: int | None) -> int:
     from batch.run.plan import make_plan, project, write_plan
 
     config.check_paths()
-    schema = load_schema(config.schema_ref) if config.schema_ref else None
+    schema = load_schema(config.prompt.schema_ref) if config.prompt.schema_ref else None
     defaults, fingerprint = row_defaults(config, schema), config.fingerprint(schema)
     plan = await make_plan(config, defaults, fingerprint)
     if sample:
-        summary = await run_job(config, budgets=Budgets(max_rows=sample), show=not config.quiet)
+        summary = await run_job(
+            config, budgets=Budgets(max_rows=sample), show=not config.display.quiet
+        )
         rest = await make_plan(config, defaults, fingerprint)
         plan.sample = project(summary, rest.rows_to_label)
     sys.stdout.write(plan.describe() + "\n")

@@ -61,8 +61,8 @@ def test_headers_merge_from_file_environment_and_flags(tmp_path: Path) -> None:
     )
     environ = {"BATCH_HEADERS": json.dumps({"x-team": "env"})}
     config = load_config({"input": rows, "headers": ["https://b X-Gate: flag"]}, environ)
-    assert headers_for(config.headers, "http://a:1") == {"X-Keep": "k", "x-team": "env"}
-    assert headers_for(config.headers, "https://b") == {
+    assert headers_for(config.access.headers, "http://a:1") == {"X-Keep": "k", "x-team": "env"}
+    assert headers_for(config.access.headers, "https://b") == {
         "X-Keep": "k",
         "x-team": "env",
         "X-Gate": "flag",
@@ -75,7 +75,9 @@ def test_the_api_key_is_read_from_the_environment_and_never_from_the_job_file(
     rows = tmp_path / "in.jsonl"
     rows.write_text("")
     config = load_config({"input": rows}, {"OLLAMA_API_KEY": "k-12345"})
-    assert config.api_key is not None and config.api_key.get_secret_value() == "k-12345"
+    assert (
+        config.access.api_key is not None and config.access.api_key.get_secret_value() == "k-12345"
+    )
     (tmp_path / "in.toml").write_text('api_key = "k-12345"\n')
     with pytest.raises(ConfigError, match="OLLAMA_API_KEY"):
         load_config({"input": rows}, {})

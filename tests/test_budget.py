@@ -33,8 +33,8 @@ def test_budget_settings_come_from_flags_environment_and_job_file(tmp_path: Path
         {"input": source, "concurrency": "auto"},
         environ={"BATCH_MAX_TOKENS": "1000", "BATCH_DEADLINE": "10m"},
     )
-    assert config.concurrency == "auto" and config.max_tokens == 1000
-    assert config.deadline is not None
+    assert config.serving.concurrency == "auto" and config.budgets.max_tokens == 1000
+    assert config.budgets.deadline is not None
     with pytest.raises(ConfigError, match="--max-requests"):
         load_config({"input": source, "max_requests": 0}, environ={})
     with pytest.raises(ConfigError, match="--concurrency"):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batch.core.errors import ConfigError
-from batch.run.config import DEFAULT_HOST, load_config, parse_option
+from batch.run.config import DEFAULT_HOST, load_config
+from batch.run.flags import parse_option
 
 
 @pytest.fixture
@@ -19,10 +22,10 @@ def input_file(tmp_path: Path) -> Path:
 
 def test_defaults(input_file: Path) -> None:
     config = load_config({"input": input_file}, environ={})
-    assert config.hosts == (DEFAULT_HOST,)
-    assert config.concurrency == "auto"
-    assert config.max_attempts == 5
-    assert config.options == {"temperature": 0}
+    assert config.serving.hosts == (DEFAULT_HOST,)
+    assert config.serving.concurrency == "auto"
+    assert config.retries.max_attempts == 5
+    assert config.prompt.options == {"temperature": 0}
     assert config.output_path == input_file.with_name("in.out.jsonl")
     assert config.summary_path == input_file.with_name("in.out.summary.json")
 
@@ -33,12 +36,12 @@ def test_job_file_beside_the_input_is_read_with_paths_relative_to_it(input_file:
         'schema = "labels.json"\noutput = "results/out.jsonl"\n[options]\nnum_ctx = 8192\n'
     )
     config = load_config({"input": input_file}, environ={})
-    assert config.model == "llama3.2"
-    assert config.hosts == ("http://gpu:11434",)
-    assert config.concurrency == 8
-    assert config.schema_ref == str(input_file.parent / "labels.json")
+    assert config.prompt.model == "llama3.2"
+    assert config.serving.hosts == ("http://gpu:11434",)
+    assert config.serving.concurrency == 8
+    assert config.prompt.schema_ref == str(input_file.parent / "labels.json")
     assert config.output_path == input_file.parent / "results" / "out.jsonl"
-    assert config.options == {"temperature": 0, "num_ctx": 8192}
+    assert config.prompt.options == {"temperature": 0, "num_ctx": 8192}
 
 
 def test_flags_win_over_environment_which_wins_over_the_file(input_file: Path) -> None:
@@ -53,11 +56,11 @@ def test_flags_win_over_environment_which_wins_over_the_file(input_file: Path) -
     }
     flags = {"input": input_file, "model": "from-flag", "options": {"temperature": 0.5}}
     config = load_config(flags, environ=environ)
-    assert config.model == "from-flag"
-    assert config.concurrency == 3
-    assert config.timeout == 7
-    assert config.hosts == ("http://env-host:11434",)
-    assert config.options == {"temperature": 0.5, "seed": 2, "top_k": 5}
+    assert config.prompt.model == "from-flag"
+    assert config.serving.concurrency == 3
+    assert config.retries.timeout == 7
+    assert config.serving.hosts == ("http://env-host:11434",)
+    assert config.prompt.options == {"temperature": 0.5, "seed": 2, "top_k": 5}
 
 
 def test_invalid_values_name_their_source(input_file: Path) -> None:
@@ -91,3 +94,50 @@ def test_options_parse_as_json_values_else_strings() -> None:
     assert parse_option("name=plain") == ("name", "plain")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_option("temperature")
+
+
+def test_every_declared_setting_is_a_flag_of_run_and_plan() -> None:
+    from batch.cli import build_parser
+    from batch.run.settings import SETTINGS
+
+    declared = {name for setting in SETTINGS.values() for name in setting.flag.names}
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in ("run", "plan"):
+        parser = commands.choices[command]
+        flags = {o for action in parser._actions for o in action.option_strings}
+        not_settings = {"-h", "--help", "--job-file", "-v", "--verbose", "--json", "--sample"}
+        assert flags - not_settings == declared
+
+
+def test_every_declared_setting_is_read_from_its_job_file_key_and_variable(
+    input_file: Path,
+) -> None:
+    from batch.run.settings import SETTINGS
+
+    job = input_file.with_suffix(".toml")
+    for setting in SETTINGS.values():
+        if setting.flag.merge is not None:  # tables: any table is a valid value
+            continue
+        if setting.key is not None:  # a value of no setting's type reaches this setting
+            job.write_text(f"{setting.key} = {{ wrong = 1 }}\n")
+            with pytest.raises(ConfigError, match=f"{setting.shown} \\(from {job}\\)"):
+                load_config({"input": input_file}, environ={})
+        job.unlink(missing_ok=True)
+        _reads_variable(input_file, setting.name, setting.env, setting.shown)
+
+
+def _reads_variable(input_file: Path, name: str, variable: str, shown: str) -> None:
+    """Setting `variable` changes the setting `name` alone, or is refused naming it."""
+    from batch.run.settings import SETTINGS
+
+    def flat(environ: dict[str, str]) -> dict[str, Any]:
+        config = load_config({"input": input_file}, environ=environ)
+        return {n: getattr(getattr(config, s.group), n) for n, s in SETTINGS.items()}
+
+    before = flat({})
+    try:
+        after = flat({variable: "1/1"})
+    except ConfigError as exc:
+        assert shown in str(exc) or variable in str(exc)
+        return
+    assert [n for n in SETTINGS if after[n] != before[n]] == [name]

@@ -50,8 +50,8 @@ def test_the_indexed_job_runs_one_shard_per_completion(tmp_path: Path) -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     last = str(spec["completions"] - 1)
     config = config_from(container["args"], {**env, "JOB_COMPLETION_INDEX": last}, tmp_path)
-    assert config.shard == f"{last}/{spec['completions']}"
-    assert len(config.hosts) == 2
+    assert config.sharding.shard == f"{last}/{spec['completions']}"
+    assert len(config.serving.hosts) == 2
 
 
 def test_the_slurm_script_runs_one_shard_per_array_task(tmp_path: Path) -> None:
@@ -68,8 +68,8 @@ def test_the_slurm_script_runs_one_shard_per_array_task(tmp_path: Path) -> None:
     }
     argv = shlex.split(command.replace("$OLLAMA_HOST", task["OLLAMA_HOST"]))[3:]
     config = config_from(argv, task, tmp_path)
-    assert config.shard == f"{last - first}/{last - first + 1}"
-    assert config.hosts == ("http://127.0.0.1:11441#4",)
+    assert config.sharding.shard == f"{last - first}/{last - first + 1}"
+    assert config.serving.hosts == ("http://127.0.0.1:11441#4",)
 
 
 def test_the_github_workflow_matches_its_schema_and_covers_every_shard(tmp_path: Path) -> None:
@@ -88,4 +88,4 @@ def test_the_github_workflow_matches_its_schema_and_covers_every_shard(tmp_path:
     for k in shards:
         command = step["run"].replace("${{ matrix.shard }}", str(k))
         config = config_from(shlex.split(command)[3:], {}, tmp_path)
-        assert config.shard == f"{k}/{len(shards)}"
+        assert config.sharding.shard == f"{k}/{len(shards)}"

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from batch.cli import main
-from batch.core.errors import ConfigError, FatalRunError, Transient
+from batch.core.errors import Cause, ConfigError, FatalRunError, Transient
 from batch.run.config import JobConfig, load_config
 from batch.run.pipeline import run_job
 from batch.serving.hosts import Host, HostPolicy, parse_host
@@ -66,9 +66,9 @@ def test_a_host_names_its_own_concurrency_after_a_hash() -> None:
 def test_the_host_list_comes_from_flags_environment_and_job_file(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "in.jsonl", 1)
     env = {"BATCH_HOST": "http://a:1#2, http://b:1"}
-    assert load_config({"input": path}, env).hosts == ("http://a:1#2", "http://b:1")
+    assert load_config({"input": path}, env).serving.hosts == ("http://a:1#2", "http://b:1")
     (tmp_path / "in.toml").write_text('host = ["http://c:1#3", "http://d:1"]\n')
-    assert load_config({"input": path}, {}).hosts == ("http://c:1#3", "http://d:1")
+    assert load_config({"input": path}, {}).serving.hosts == ("http://c:1#3", "http://d:1")
     with pytest.raises(ConfigError, match="given twice"):
         load_config({"input": path, "hosts": ["http://a:1#2", "http://a:1/"]}, {})
     with pytest.raises(ConfigError, match="URL#N"):
@@ -179,15 +179,16 @@ def test_the_end_of_a_run_prints_a_line_per_host(
 
 def test_a_host_state_follows_its_failures() -> None:
     host = Host(FunctionBackend(lambda _: completion("x")), 4, HostPolicy(lost_after=2))
-    busy = Transient("http_503", "busy")
+    busy = Transient(Cause.HTTP_503, "busy")
     assert not host.failed(busy) and not host.failed(busy)
-    assert not host.failed(Transient("http_429", "quota"))  # the caller's, not the host's
+    assert not host.failed(Transient(Cause.HTTP_429, "quota"))  # the caller's, not the host's
     assert host.failed(busy) and host.state == "down"  # the third in a row
     host.probed(True)
     host.succeeded()
     assert host.state == "up" and host.failures_in_a_row == 0
-    assert host.failed(Transient("connect", "refused"))  # at once
-    assert not host.failed(Transient("connect", "refused"))  # one in flight beside it: same outage
+    assert host.failed(Transient(Cause.CONNECT, "refused"))  # at once
+    # One in flight beside it: the same outage.
+    assert not host.failed(Transient(Cause.CONNECT, "refused"))
     assert host.state == "down"
     host.probed(False)
     assert host.state == "lost"  # refused, then no answer to GET /: two tries

@@ -478,8 +478,8 @@ def test_the_new_settings_come_from_environment_and_job_file(tmp_path: Path) -> 
     job.write_text('output_format = "openai"\nerrors_file = "errors.jsonl"\n')
     environ = {"BATCH_ORDERED": "1", "BATCH_ALLOW_OUTSIDE_IMAGES": "true"}
     config = load_config({"input": str(tmp_path / "jobs" / "in.jsonl")}, environ)
-    assert config.output_format == "openai"
-    assert config.errors_file == tmp_path / "jobs" / "errors.jsonl"  # beside the job file
-    assert config.ordered and config.allow_outside_images
+    assert config.files.output_format == "openai"
+    assert config.files.errors_file == tmp_path / "jobs" / "errors.jsonl"  # beside the job file
+    assert config.files.ordered and config.files.allow_outside_images
     with pytest.raises(ConfigError, match="--output-format"):
         load_config({"input": "in.jsonl", "output_format": "xml"}, {})

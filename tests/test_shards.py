@@ -50,7 +50,7 @@ def test_shard_values_and_the_scheduler_environment() -> None:
 def test_the_config_names_each_shard_output_apart(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "in.jsonl", [1])
     config = load_config({"input": path, "shards": 4}, {"JOB_COMPLETION_INDEX": "1"})
-    assert config.shard == "1/4"
+    assert config.sharding.shard == "1/4"
     assert config.output_path.name == "in.shard-1-of-4.out.jsonl"
     assert config.summary_path.name == "in.shard-1-of-4.out.summary.json"
     with pytest.raises(ConfigError, match="--shard K/4"):

@@ -1,301 +1,166 @@
 """Run settings, layered: flags over environment (`OLLAMA_HOST`, `BATCH_*`) over a TOML job
-file kept beside the data, over defaults. Validated once, here, into a frozen `JobConfig`."""
+file kept beside the data, over defaults. Validated once, here, into a frozen `JobConfig` whose
+groups are declared in settings.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import string
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from batch.core.errors import ConfigError
-from batch.core.ollama_options import checked_options
 from batch.core.schema import OutputSchema
-from batch.labelling.budget import Budgets, parse_deadline
-from batch.serving.access import (
-    Headers,
-    ThinkSetting,
-    check_header_hosts,
-    keep_alive_value,
-    merge_headers,
-    parse_headers,
-    parse_think,
-    redacted_host,
+from batch.run.flags import Setting
+from batch.run.settings import (
+    DEFAULT_HOST,
+    DEFAULT_OPTIONS,
+    GROUPS,
+    SETTINGS,
+    AccessTlsSettings,
+    BudgetSettings,
+    DisplaySettings,
+    FileSettings,
+    HostSettings,
+    PromptSettings,
+    QualitySettings,
+    RetrySettings,
+    ReuseSettings,
+    ShardSettings,
 )
-from batch.serving.hosts import check_host_list
-from batch.serving.limits import DEFAULT_CEILING
-from batch.source.shards import Shard, parse_shard, shard_from_environ
+from batch.serving.access import check_header_hosts, redacted_host
+from batch.source.shards import Shard, shard_from_environ
 
-DEFAULT_HOST = "http://127.0.0.1:11434"
-# Labelling wants the same answer on every run: greedy decoding unless the user says otherwise.
-DEFAULT_OPTIONS: dict[str, Any] = {"temperature": 0}
+__all__ = ["DEFAULT_HOST", "DEFAULT_OPTIONS", "JobConfig", "load_config"]
 
 
 class JobConfig(BaseModel):
-    """Everything a run needs. Paths are as given (relative to the working directory)."""
+    """Everything a run needs, in groups. Paths are as given (relative to the working
+    directory). Built from flat settings too, as `JobConfig(input=..., model=...)`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: Path
-    output: Path | None = None
-    summary: Path | None = None
-    model: str | None = None
-    hosts: tuple[str, ...] = (DEFAULT_HOST,)
-    # "auto": each host's limit is found as the run goes (serving/limits.py), up to the ceiling.
-    concurrency: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
-    max_concurrency: int = Field(DEFAULT_CEILING, ge=1, le=1024)
-    # Budgets (batch/labelling/budget.py): met, the run stops taking rows and exits 3.
-    deadline: float | None = None  # a Unix time; given as a duration from now or an ISO time
-    max_tokens: int | None = Field(None, ge=1)
-    max_requests: int | None = Field(None, ge=1)
-    timeout: float = Field(300.0, gt=0)
-    options: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_OPTIONS))
-    schema_ref: str | None = None
-    template: str | None = None
-    system: str | None = None
-    max_attempts: int = Field(5, ge=1)
-    backoff: float = Field(0.5, ge=0, description="first retry wait, seconds; doubles per retry")
-    backoff_max: float = Field(10.0, ge=0)
-    grace_period: float = Field(5.0, ge=0, description="seconds in-flight rows get after a signal")
-    overwrite: bool = False
-    quiet: bool = False
-    log_every: float = Field(10.0, gt=0, description="seconds between progress lines in logs")
-    # llama.cpp contexts for --host embedded; None: one a core (measured fastest on 2 cores).
-    embedded_contexts: int | None = Field(None, ge=1, le=64)
-    # OpenAI Batch files: output lines as OpenAI writes them, in input order, image paths.
-    output_format: Literal["native", "openai"] = "native"
-    ordered: bool = False
-    allow_outside_images: bool = False
-    errors_file: Path | None = None  # failed rows go here instead of the output, as OpenAI does
-    # Reaching Ollama in production (README "Production setups"). The key comes from
-    # OLLAMA_API_KEY only: never a flag (visible in `ps`) nor the job file (often committed).
-    api_key: SecretStr | None = None
-    headers: Headers = Field(default_factory=dict)  # host ("*": every host) -> name -> value
-    ca_bundle: Path | None = None
-    insecure: bool = False
-    proxy: SecretStr | None = None  # for every host, loopback included; None: HTTP(S)_PROXY
-    keep_alive: float | str | None = None  # None: 30m while running, then the server's default
-    think: ThinkSetting = None  # None: off when a schema is set, else the model's default
-    # Shards (batch/source/shards.py): "K/N", or N alone with K from the scheduler's environment.
-    shard: str | None = None
-    shards: int | None = Field(None, ge=1, le=100_000)
-    # Label quality (README "Label quality"): confidence per label, and rows for a person.
-    logprobs: bool = False
-    review_below: float | None = Field(None, gt=0, le=1)
-    review_file: Path | None = None  # None: OUTPUT with .review.jsonl
-    # Reruns and reuse (README "Rerun and resume"): pruning, duplicates, the shared cache.
-    prune: bool = False  # take out output rows whose id left the input
-    dedup: bool = True  # one request for identical rows
-    cache: Path | None = None  # SQLite file of accepted replies, shared across runs
+    files: FileSettings = Field(default_factory=FileSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    reuse: ReuseSettings = Field(default_factory=ReuseSettings)
+    serving: HostSettings = Field(default_factory=HostSettings)
+    retries: RetrySettings = Field(default_factory=RetrySettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    access: AccessTlsSettings = Field(default_factory=AccessTlsSettings)
+    sharding: ShardSettings = Field(default_factory=ShardSettings)
+    display: DisplaySettings = Field(default_factory=DisplaySettings)
 
-    @field_validator("headers", mode="before")
+    def __init__(self, **settings: Any) -> None:
+        """Settings flat (`model="llama3.2"`) or by group (`prompt=PromptSettings(...)`)."""
+        super().__init__(**settings)
+
+    @model_validator(mode="before")
     @classmethod
-    def _headers_parse(cls, headers: Any) -> Any:
-        return parse_headers(headers) if headers else {}
-
-    @field_validator("options")
-    @classmethod
-    def _options_known(cls, options: dict[str, Any]) -> dict[str, Any]:
-        return checked_options(options)  # names and types as Ollama reads them
-
-    @field_validator("keep_alive", mode="before")
-    @classmethod
-    def _keep_alive_parses(cls, value: Any) -> float | str | None:
-        return keep_alive_value(value)
-
-    @field_validator("deadline", mode="before")
-    @classmethod
-    def _deadline_parses(cls, value: Any) -> float | None:
-        return parse_deadline(value) if isinstance(value, str) else value
-
-    @property
-    def budgets(self) -> Budgets:
-        return Budgets(self.deadline, self.max_tokens, self.max_requests)
-
-    @field_validator("think", mode="before")
-    @classmethod
-    def _think_parses(cls, value: Any) -> ThinkSetting:
-        return parse_think(value)
-
-    @field_validator("shard")
-    @classmethod
-    def _shard_parses(cls, shard: str | None) -> str | None:
-        return None if shard is None else str(parse_shard(shard))
+    def _grouped(cls, values: Any) -> Any:
+        """Flat settings (`model=...`) go to their groups; group tables pass as they are."""
+        if not isinstance(values, Mapping):
+            return values
+        grouped: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in SETTINGS:
+                group = grouped.setdefault(SETTINGS[key].group, {})
+                if isinstance(group, dict):
+                    group[key] = value
+            else:
+                grouped[key] = value  # `input`, a group, or a name `extra="forbid"` refuses
+        return grouped
 
     @model_validator(mode="after")
-    def _shards_agree(self) -> JobConfig:
-        if self.shards is not None and self.shard is None:
-            raise ValueError(
-                f"--shards {self.shards} needs the shard to run: give --shard K/{self.shards}, "
-                "or run under a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)"
-            )
-        if self.shards is not None and (spec := self.shard_spec) and spec.count != self.shards:
-            raise ValueError(f"--shard {spec} and --shards {self.shards} disagree on N")
-        return self
-
-    @property
-    def shard_spec(self) -> Shard | None:
-        return None if self.shard is None else parse_shard(self.shard)
-
-    @model_validator(mode="after")
-    def _access_is_consistent(self) -> JobConfig:
-        check_header_hosts(self.headers, self.hosts)
-        if self.insecure and self.ca_bundle is not None:
-            raise ValueError("give --ca-bundle or --insecure, not both")
+    def _headers_name_hosts_of_the_run(self) -> JobConfig:
+        check_header_hosts(self.access.headers, self.serving.hosts)
         return self
 
     def __repr_args__(self) -> Any:
         # SecretStr hides keys and header values; hosts may carry user:password too.
         for name, value in super().__repr_args__():
-            yield name, tuple(map(redacted_host, value)) if name == "hosts" else value
+            if name == "serving":
+                value = value.model_copy(update={"hosts": tuple(map(redacted_host, value.hosts))})
+            yield name, value
 
-    @field_validator("hosts")
-    @classmethod
-    def _some_host(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
-        if not hosts or not all(h.strip() for h in hosts):
-            raise ValueError("give at least one non-empty host URL")
-        check_host_list(hosts)  # URL#N syntax, no host twice
-        return hosts
-
-    @field_validator("template")
-    @classmethod
-    def _template_parses(cls, template: str | None) -> str | None:
-        if template is not None:
-            try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-            except ValueError as exc:
-                hint = "write literal braces as {{ and }}"
-                raise ValueError(f"cannot parse template: {exc} ({hint})") from None
-            if any(f == "" or f.isdigit() for f in fields):
-                raise ValueError("template fields must be named, as in {text}")
-        return template
+    def replace(self, **settings: Any) -> JobConfig:
+        """A copy with some settings changed, named flat (`replace(system="be kind")`)."""
+        by_group: dict[str, dict[str, Any]] = {}
+        for key, value in settings.items():
+            by_group.setdefault(SETTINGS[key].group, {})[key] = value
+        return JobConfig.model_validate(
+            {
+                **{name: getattr(self, name) for name in ("input", *GROUPS)},
+                **{g: getattr(self, g).model_copy(update=u) for g, u in by_group.items()},
+            }
+        )
 
     def check_paths(self) -> None:
         """The files a run reads and writes: the input exists, and nothing overwrites it."""
+        errors_file = self.files.errors_file
         if not self.input.is_file():
             raise ConfigError(f"input file {self.input} does not exist")
         if self.output_path.is_dir():
             raise ConfigError(f"the output {self.output_path} is a folder: --output names a file")
         if self.output_path.resolve() == self.input.resolve():
             raise ConfigError(f"the output would overwrite the input {self.input}: change --output")
-        if self.errors_file and self.errors_file.resolve() in (
+        if errors_file and errors_file.resolve() in (
             self.input.resolve(),
             self.output_path.resolve(),
         ):
-            raise ConfigError(f"--errors-file {self.errors_file} must differ from input and output")
+            raise ConfigError(f"--errors-file {errors_file} must differ from input and output")
         if (review := self.review_path) and review.resolve() in (
             self.input.resolve(),
             self.output_path.resolve(),
-            self.errors_file.resolve() if self.errors_file else None,
+            errors_file.resolve() if errors_file else None,
         ):
             raise ConfigError(f"--review-file {review} must differ from input and outputs")
 
     def fingerprint(self, schema: OutputSchema | None) -> str:
         """Names the settings that shape a label; rows from different settings never mix."""
+        prompt = self.prompt
         shaping: dict[str, Any] = {
-            "model": self.model,
+            "model": prompt.model,
             "schema": schema.json_schema if schema else None,
-            "template": self.template,
-            "system": self.system,
-            "options": self.options,
+            "template": prompt.template,
+            "system": prompt.system,
+            "options": prompt.options,
         }
-        if self.think is not None:  # only when set, so that earlier outputs keep their stamp
-            shaping["think"] = self.think
+        if prompt.think is not None:  # only when set, so that earlier outputs keep their stamp
+            shaping["think"] = prompt.think
         canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
+    def shard_spec(self) -> Shard | None:
+        return self.sharding.spec
+
+    @property
     def output_path(self) -> Path:
         sharded = self.shard_spec.suffix if self.shard_spec else ""
-        return self.output or _swap_suffix(self.input, sharded + ".out.jsonl")
+        return self.files.output or _swap_suffix(self.input, sharded + ".out.jsonl")
 
     @property
     def summary_path(self) -> Path:
-        return self.summary or _swap_suffix(self.output_path, ".summary.json")
+        return self.files.summary or _swap_suffix(self.output_path, ".summary.json")
 
     @property
     def review_path(self) -> Path | None:
         """Where `--review-below` writes, when it is set."""
-        if self.review_below is None:
+        if self.quality.review_below is None:
             return None
-        return self.review_file or _swap_suffix(self.output_path, ".review.jsonl")
-
-    @property
-    def asks_logprobs(self) -> bool:
-        """--review-below needs confidence, so it asks for log-probabilities too."""
-        return self.logprobs or self.review_below is not None
-
-    @model_validator(mode="after")
-    def _review_file_has_a_threshold(self) -> JobConfig:
-        if self.review_file is not None and self.review_below is None:
-            raise ValueError("--review-file needs --review-below P")
-        return self
+        return self.quality.review_file or _swap_suffix(self.output_path, ".review.jsonl")
 
 
 def _swap_suffix(path: Path, suffix: str) -> Path:
     name = path.name.removesuffix(".jsonl") if path.name.endswith(".jsonl") else path.stem
     return path.with_name(name + suffix)
-
-
-# Settings the environment and job file may carry, with the flag each is known by.
-FLAG_NAMES = {
-    "output": "--output",
-    "summary": "--summary",
-    "model": "--model",
-    "hosts": "--host",
-    "concurrency": "--concurrency",
-    "max_concurrency": "--max-concurrency",
-    "timeout": "--timeout",
-    "options": "--option",
-    "schema_ref": "--schema",
-    "template": "--template",
-    "system": "--system",
-    "max_attempts": "--max-attempts",
-    "deadline": "--deadline",
-    "max_tokens": "--max-tokens",
-    "max_requests": "--max-requests",
-    "backoff": "--backoff",
-    "backoff_max": "--backoff-max",
-    "grace_period": "--grace-period",
-    "overwrite": "--overwrite",
-    "quiet": "--quiet",
-    "log_every": "--log-every",
-    "embedded_contexts": "--embedded-contexts",
-    "output_format": "--output-format",
-    "ordered": "--ordered",
-    "allow_outside_images": "--allow-outside-images",
-    "errors_file": "--errors-file",
-    "headers": "--header",
-    "ca_bundle": "--ca-bundle",
-    "insecure": "--insecure",
-    "proxy": "--proxy",
-    "keep_alive": "--keep-alive",
-    "think": "--think",
-    "shard": "--shard",
-    "shards": "--shards",
-    "logprobs": "--logprobs",
-    "review_below": "--review-below",
-    "review_file": "--review-file",
-    "prune": "--prune",
-    "dedup": "--no-dedup",
-    "cache": "--cache",
-}
-FILE_KEYS = {"host": "hosts", "schema": "schema_ref"}  # job-file spellings of field names
-PATH_KEYS = ("output", "summary", "errors_file", "ca_bundle", "review_file", "cache")
 
 
 def load_config(
@@ -307,33 +172,39 @@ def load_config(
         raise ConfigError("no input file given")
     input_path = Path(flags["input"])
     file_values, file_name = _read_job_file(job_file or _find_job_file(input_path, environ))
-    env_values = _read_environ(environ)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for values, source in ((file_values, file_name), (env_values, "environment"), (flags, "")):
+    layers = ((file_values, file_name), (_read_environ(environ), "environment"), (flags, ""))
+    for values, source in layers:
         for key, value in values.items():
-            if key == "options":
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"options (from {source or '--option'}) must be a table")
-                value = {**merged.get("options", DEFAULT_OPTIONS), **value}
-            if key == "headers":
-                value = merge_headers(merged.get("headers", {}), value, source or "--header")
+            setting = SETTINGS.get(key)
+            if setting is not None and (merge := setting.flag.merge) is not None:
+                value = merge(merged.get(key), value, source)
             merged[key] = value
-            origin[key] = source or FLAG_NAMES.get(key, key)
+            origin[key] = source or (setting.shown if setting else key)
     if "shard" not in merged and (shard := shard_from_environ(environ, merged.get("shards"))):
         merged["shard"], origin["shard"] = shard, "the scheduler's environment"
     try:
         return JobConfig(**merged)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            if not error["loc"]:  # a check across settings: its message names them
-                problems.append(error["msg"].removeprefix("Value error, "))
-                continue
-            key = str(error["loc"][0])
-            where = origin.get(key, key)
-            problems.append(f"{FLAG_NAMES.get(key, key)} (from {where}): {error['msg']}")
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+        raise ConfigError(_invalid(exc, origin)) from None
+
+
+def _invalid(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    """Each problem with the setting it is about and where its value came from."""
+    problems = []
+    for error in exc.errors():
+        # (group, setting, ...) for one setting; (group,) or () for a check across settings.
+        loc = [str(part) for part in error["loc"]]
+        key = next((part for part in loc if part in (*SETTINGS, "input")), None)
+        if key is None and loc and loc[0] not in GROUPS:
+            key = loc[0]  # a name that is no setting
+        if key is None:
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        shown = SETTINGS[key].shown if key in SETTINGS else key
+        problems.append(f"{shown} (from {origin.get(key, key)}): {error['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(problems)
 
 
 def _find_job_file(input_path: Path, environ: Mapping[str, str]) -> Path | None:
@@ -343,6 +214,10 @@ def _find_job_file(input_path: Path, environ: Mapping[str, str]) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+# Job-file spellings that differ from a setting's name (`host`, `schema`).
+_BY_FILE_KEY = {s.key: s for s in SETTINGS.values() if s.key and s.key != s.name}
 
 
 def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
@@ -356,59 +231,59 @@ def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        field = FILE_KEYS.get(key, key.replace("-", "_"))
-        if field == "api_key":
-            raise ConfigError(f"job file {path}: keep the API key out of files: set OLLAMA_API_KEY")
-        if field not in FLAG_NAMES:
-            known = ", ".join(sorted({FILE_KEYS.get(k, k) for k in FLAG_NAMES} | set(FILE_KEYS)))
+        setting = _BY_FILE_KEY.get(key) or SETTINGS.get(key.replace("-", "_"))
+        if setting is not None and setting.flag.secret:
+            secret, env = setting.flag.secret, setting.env
+            raise ConfigError(f"job file {path}: keep the {secret} out of files: set {env}")
+        if setting is None or setting.key is None:
+            known = ", ".join(sorted({*_BY_FILE_KEY, *(s.name for s in _in_files())}))
             raise ConfigError(f"job file {path}: unknown setting {key!r} (known: {known})")
-        if field == "hosts" and isinstance(value, str):
-            value = [value]
-        # Paths in a job file are relative to the file, so the job runs from any directory.
-        if field in PATH_KEYS and isinstance(value, str):
-            value = str(path.parent / value)
-        if field == "schema_ref" and isinstance(value, str) and value.endswith(".json"):
-            value = str(path.parent / value)
-        values[field] = value
+        values[setting.name] = _from_file(setting, value, path)
     return values, str(path)
+
+
+def _in_files() -> list[Setting]:
+    return [s for s in SETTINGS.values() if s.key is not None]
+
+
+def _from_file(setting: Setting, value: Any, path: Path) -> Any:
+    if setting.flag.env_form == "list" and isinstance(value, str):
+        return [value]
+    # Paths in a job file are relative to the file, so the job runs from any directory.
+    relative = setting.flag.relative
+    if isinstance(value, str) and (
+        relative == "path" or (relative == "json_file" and value.endswith(".json"))
+    ):
+        return str(path.parent / value)
+    return value
 
 
 def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    if host := environ.get("OLLAMA_HOST", "").strip():
-        values["hosts"] = [host]
-    if api_key := environ.get("OLLAMA_API_KEY", "").strip():
-        values["api_key"] = api_key
-    for field in FLAG_NAMES:
-        name = "BATCH_" + ("HOST" if field == "hosts" else field.upper())
-        if field == "schema_ref":
-            name = "BATCH_SCHEMA"
-        raw = environ.get(name)
+    for setting in SETTINGS.values():
+        flag = setting.flag
+        if flag.env_alias and (alias := environ.get(flag.env_alias, "").strip()):
+            values[setting.name] = [alias] if flag.env_form == "list" else alias
+        raw = environ.get(setting.env)
+        if flag.env_form == "stripped" and raw is not None:
+            raw = raw.strip()
         if raw is None or raw == "":
             continue
-        if field == "hosts":
-            values[field] = [h.strip() for h in raw.split(",") if h.strip()]
-        elif field in ("options", "headers"):
-            try:
-                parsed = json.loads(raw)
-            except json.JSONDecodeError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                example = '{"seed": 1}' if field == "options" else '{"X-Proxy-Token": "..."}'
-                raise ConfigError(f"{name} must be a JSON object, as in {name}='{example}'")
-            values[field] = parsed
-        else:
-            values[field] = raw
+        values[setting.name] = _from_environ(setting, raw)
     return values
 
 
-def parse_option(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` from --option; the value is read as JSON when it parses, else as a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--option {text!r}: write it as KEY=VALUE, e.g. --option num_ctx=8192")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+def _from_environ(setting: Setting, raw: str) -> Any:
+    form, name = setting.flag.env_form, setting.env
+    if form == "list":
+        return [h.strip() for h in raw.split(",") if h.strip()]
+    if form == "object":
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            example = setting.flag.env_example
+            raise ConfigError(f"{name} must be a JSON object, as in {name}='{example}'")
+        return parsed
+    return raw

@@ -26,6 +26,7 @@ from batch.core.idset import IdSet
 from batch.core.images import ImagePolicy
 from batch.core.rows import Row, RowDefaults, RowResult
 from batch.core.schema import OutputSchema, load_schema
+from batch.core.states import StopReason
 from batch.core.stats import RunStats
 from batch.core.window import ReorderWindow
 from batch.labelling.budget import Budget, BudgetReached, Budgets
@@ -36,7 +37,7 @@ from batch.reuse.dedup import ReusingLabeller
 from batch.run.config import JobConfig
 from batch.run.plan import rows_left
 from batch.run.progress import show_progress
-from batch.run.summary import BUDGET_STOPS, RunSummary, build_summary, write_summary
+from batch.run.summary import RunSummary, build_summary, write_summary
 from batch.run.wiring import open_answer_cache, open_label_watch, open_pool, reply_salt, written_by
 from batch.serving.pool import HostPool
 from batch.sink.changes import finish_output
@@ -74,7 +75,7 @@ async def run_job(
     """
     config.check_paths()
     with hold_outputs(written_by(config)):
-        cache = open_answer_cache(config.cache)
+        cache = open_answer_cache(config.reuse.cache)
         try:
             return await _run_job(config, backends, handle_signals, show, cache, opener, budgets)
         finally:
@@ -92,29 +93,28 @@ async def _run_job(
     budgets: Budgets | None,
 ) -> RunSummary:
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
-    schema = load_schema(config.schema_ref) if config.schema_ref else None
-    codec = RecordCodec(config.fingerprint(schema), config.output_format)
+    schema = load_schema(config.prompt.schema_ref) if config.prompt.schema_ref else None
+    codec = RecordCodec(config.fingerprint(schema), config.files.output_format)
     done = await anyio.to_thread.run_sync(
-        partial(prepare_output, config.output_path, codec, overwrite=config.overwrite)
+        partial(prepare_output, config.output_path, codec, overwrite=config.files.overwrite)
     )
     done_before = len(done)  # the table fills with this run's ids from here on
-    if (errors_file := config.errors_file) is not None:
+    if (errors_file := config.files.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
         await anyio.to_thread.run_sync(partial(errors_file.unlink, missing_ok=True))
-    pool = open_pool(config, backends)
+    budget = Budget(budgets or config.budgets.limits())
+    pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
-    budget = Budget(budgets or config.budgets)
-    pool.meter = budget
     run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
-    log.info("labelling %s with %s on %s", config.input, config.model, pool.name)
-    if config.shard is not None:
-        log.info("shard %s: only the rows whose id hashes to it", config.shard)
+    log.info("labelling %s with %s on %s", config.input, config.prompt.model, pool.name)
+    if config.sharding.shard is not None:
+        log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
     try:
         progress = _progress(config, stats, pool) if show else None
         await run.execute(handle_signals=handle_signals, progress=progress)
         if done_before:
             await _finish_rerun(config, codec, done, done_before, run, stats)
-        if config.ordered and done_before:  # a rerun appended after the rows it kept
+        if config.files.ordered and done_before:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
     finally:
         await pool.aclose()
@@ -125,12 +125,12 @@ async def _run_job(
             output_path=config.output_path,
             fingerprint=codec.fingerprint,
             hosts=pool.names,
-            model=config.model,
+            model=config.prompt.model,
             fatal=str(run.fatal) if run.fatal else None,
             stopped_by=run.stopped_by,
-            errors_path=config.errors_file,
+            errors_path=config.files.errors_file,
             host_report=pool.report(),
-            shard=config.shard,
+            shard=config.sharding.shard,
             left=await _left(config, run, row_defaults(config, schema), codec.fingerprint),
         ).model_copy(update=watch.summary_fields())
         unwritten = await _write_summary(config.summary_path, summary)
@@ -150,30 +150,32 @@ def _assemble(
     budget: Budget,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
-    window = ReorderWindow[Item]() if config.ordered else None
+    window = ReorderWindow[Item]() if config.files.ordered else None
     builder = RowBuilder(row_defaults(config, schema))
     labeller = Labeller(
-        AskingLogprobs(pool) if config.asks_logprobs else pool,
-        RetryPolicy(config.max_attempts, config.backoff, config.backoff_max),
+        AskingLogprobs(pool) if config.quality.asks_logprobs else pool,
+        RetryPolicy(
+            config.retries.max_attempts, config.retries.backoff, config.retries.backoff_max
+        ),
     )
     return _Run(
         source=RowSource(
             config.input, builder, done, stats, shard=config.shard_spec, window=window
         ),
         labeller=ReusingLabeller(
-            labeller, dedup=config.dedup, cache=cache, salt=reply_salt(config)
+            labeller, dedup=config.reuse.dedup, cache=cache, salt=reply_salt(config)
         ),
         sink=ResultSink(
             config.output_path,
             codec,
             stats,
             watch,
-            errors_file=config.errors_file,
+            errors_file=config.files.errors_file,
             window=window,
             opener=opener,
         ),
         slots=pool.capacity,
-        grace_period=config.grace_period,
+        grace_period=config.retries.grace_period,
         window=window,
         budget=budget,
     )
@@ -181,7 +183,7 @@ def _assemble(
 
 def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
     shards = config.shard_spec.count if config.shard_spec else 1
-    return partial(show_progress, stats, config.input, config.log_every, pool.hosts, shards)
+    return partial(show_progress, stats, config.input, config.display.log_every, pool.hosts, shards)
 
 
 def _outcome(summary: RunSummary, fatal: BatchError | None, unwritten: str | None) -> RunSummary:
@@ -213,7 +215,7 @@ async def _finish_rerun(
     """Counts the rows no longer in the input; takes out the old lines of the changed rows
     labelled again (and, with --prune, the rows no longer in the input)."""
     source, changes = run.source, run.sink.changes
-    prune = config.prune and source.read_all
+    prune = config.files.prune and source.read_all
     if source.read_all:  # each done id met in the input was skipped or found changed
         stats.not_in_input = done_before - stats.skipped - source.changed_met
     if len(changes) or (prune and stats.not_in_input):
@@ -226,19 +228,19 @@ async def _left(
     config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
 ) -> dict[str, float | int] | None:
     """After a budget stop: the rows the next run labels, and what is left of each budget."""
-    if run.stopped_by not in BUDGET_STOPS:
+    if run.stopped_by is None or not run.stopped_by.is_budget:
         return None
     return {"rows": await rows_left(config, defaults, fingerprint), **run.budget.left()}
 
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
     return RowDefaults(
-        model=config.model,
-        options=config.options,
-        template=config.template,
-        system=config.system,
+        model=config.prompt.model,
+        options=config.prompt.options,
+        template=config.prompt.template,
+        system=config.prompt.system,
         schema=schema,
-        images=ImagePolicy(config.input.parent, config.allow_outside_images),
+        images=ImagePolicy(config.input.parent, config.files.allow_outside_images),
     )
 
 
@@ -255,7 +257,7 @@ class _Run:
     stopping: anyio.Event = field(default_factory=anyio.Event)
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     fatal: BatchError | None = None
-    stopped_by: str | None = None
+    stopped_by: StopReason | None = None
     budget: Budget = field(default_factory=lambda: Budget(Budgets()))
 
     def stop(self) -> None:
@@ -373,7 +375,7 @@ class _Run:
 
     async def _at_deadline(self, seconds: float) -> None:
         await anyio.sleep(max(seconds, 0.0))
-        self.budget.met = self.budget.met or "deadline"
+        self.budget.deadline_reached()
         self.stop_at_budget()
 
     async def _on_signals(self) -> None:
@@ -383,7 +385,7 @@ class _Run:
                     log.warning("second signal: stopping now")
                     self.work.cancel()
                     return
-                self.stopped_by = signal.Signals(signum).name
+                self.stopped_by = StopReason.of_signal(signum)
                 self.stop()
                 log.warning(
                     "%s: taking no new rows; in-flight rows get %gs",

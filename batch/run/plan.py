@@ -87,9 +87,9 @@ class Plan:
 
 
 async def make_plan(config: JobConfig, defaults: RowDefaults, fingerprint: str) -> Plan:
-    codec = RecordCodec(fingerprint, config.output_format)
+    codec = RecordCodec(fingerprint, config.files.output_format)
     done = IdSet()
-    if not config.overwrite:
+    if not config.files.overwrite:
         done = await anyio.to_thread.run_sync(_done_ids, config.output_path, codec)
     stats = RunStats()
     source = RowSource(config.input, RowBuilder(defaults), done, stats, shard=config.shard_spec)
