@@ -13,7 +13,7 @@ import pytest
 
 from batch import FatalRunError, JobConfig, run_job
 from batch.core.chat import ChatRequest, Completion
-from batch.core.errors import ConfigError, Rejected, Transient
+from batch.core.errors import Cause, ConfigError, ErrorKind, Rejected, Transient
 from batch.testing import FunctionBackend, completion
 from tests.conftest import read_jsonl, write_rows
 
@@ -76,8 +76,8 @@ async def test_transient_failures_are_retried_and_counted(job: Callable[..., Job
     config = job(1)
     backend = FunctionBackend(
         scripted(
-            Transient("http_503", "busy", kind="http"),
-            Transient("disconnect", "dropped"),
+            Transient(Cause.HTTP_503, "busy", kind=ErrorKind.HTTP),
+            Transient(Cause.DISCONNECT, "dropped"),
             completion('{"label": "neg"}'),
         )
     )
@@ -177,7 +177,7 @@ async def test_a_host_unreachable_through_every_attempt_stops_the_run(
     job: Callable[..., JobConfig],
 ) -> None:
     config = job(5, max_attempts=3)
-    backend = FunctionBackend(scripted(Transient("connect", "cannot connect to seam://fake")))
+    backend = FunctionBackend(scripted(Transient(Cause.CONNECT, "cannot connect to seam://fake")))
     with pytest.raises(FatalRunError, match="cannot connect to seam://fake after 3 attempts"):
         await run_job(config, backends=[backend])
 
@@ -278,10 +278,10 @@ async def test_rerun_with_other_settings_is_refused_unless_overwrite(
 ) -> None:
     config = job(2)
     await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
-    changed = config.model_copy(update={"system": "be kind"})
+    changed = config.replace(system="be kind")
     with pytest.raises(ConfigError, match="different model, schema, template"):
         await run_job(changed, backends=[FunctionBackend(scripted(completion("{}")))])
-    overwrite = changed.model_copy(update={"overwrite": True})
+    overwrite = changed.replace(overwrite=True)
     backend = FunctionBackend(scripted(completion('{"label": "neg"}')))
     summary = await run_job(overwrite, backends=[backend])
     assert summary.rows.model_dump() == {

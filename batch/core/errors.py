@@ -14,11 +14,58 @@ BatchError
     ├── PromptTruncated  the prompt did not fit the model's context: refused, or cut
     ├── SchemaUnusable . the schema cannot check a reply (e.g. a $ref to nowhere)
     └── Unexpected ..... an exception nothing above names (a bug): that row fails, not the run
+
+A `Retryable` names its `Cause` (the summary's retry counters), a `RowFailure` its `ErrorKind`
+(the output's `error.type`): string enums, written as their values.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Cause(StrEnum):
+    """Why a row's attempt is tried again: the keys of the summary's `retries.by_cause`."""
+
+    # `Transient`: the transport or the server.
+    CONNECT = "connect"  # refused: the request never reached a model
+    DISCONNECT = "disconnect"
+    TIMEOUT = "timeout"
+    PROXY = "proxy"
+    BAD_BODY = "bad_body"  # a response that could not be read
+    STREAM_ERROR = "stream_error"  # an error the server reported mid-response
+    HTTP_429 = "http_429"
+    HTTP_500 = "http_500"
+    HTTP_502 = "http_502"
+    HTTP_503 = "http_503"
+    HTTP_504 = "http_504"
+    # `InvalidOutput`: the model's reply (each is also the failed row's error type).
+    VALIDATION = "validation"
+    TRUNCATED = "truncated"
+    INCOMPLETE_REPLY = "incomplete_reply"
+    RETRY = "retry"  # `Retryable`'s own, for one raised as such (batch raises none)
+
+
+# The causes of an `InvalidOutput`: what was wrong with the reply.
+ReplyCause = Literal[Cause.VALIDATION, Cause.TRUNCATED, Cause.INCOMPLETE_REPLY]
+
+
+class ErrorKind(StrEnum):
+    """A failed row's `error.type` (`error.code` in OpenAI lines): the summary's
+    `errors_by_type` keys."""
+
+    ERROR = "error"  # `RowFailure`'s own, for one raised as such
+    BAD_INPUT = "bad_input"
+    HTTP = "http"
+    TIMEOUT = "timeout"
+    TRANSPORT = "transport"
+    PROMPT_TRUNCATED = "prompt_truncated"
+    SCHEMA = "schema"
+    INTERNAL = "internal"
+    VALIDATION = "validation"
+    TRUNCATED = "truncated"
+    INCOMPLETE_REPLY = "incomplete_reply"
 
 
 class BatchError(Exception):
@@ -43,9 +90,10 @@ class ModelMissing(FatalRunError):
 
 
 class RowFailure(BatchError):
-    """One row failed. `kind` becomes the output row's `error.type`."""
+    """One row failed. `kind` becomes the output row's `error.type`: an `ErrorKind`, or, for a
+    failure copied from an output line (`batch.reuse.dedup`), the type that line recorded."""
 
-    kind = "error"
+    kind: str = ErrorKind.ERROR
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -57,7 +105,7 @@ class RowFailure(BatchError):
 
 
 class BadInput(RowFailure):
-    kind = "bad_input"
+    kind = ErrorKind.BAD_INPUT
 
     def at_line(self, line: int) -> BadInput:
         """The same failure, naming the input line: the one place a message gets its line."""
@@ -71,11 +119,18 @@ class DuplicateId(BadInput):
 class Retryable(RowFailure):
     """`cause` keys the summary's retry counters (e.g. `http_503`, `connect`, `validation`)."""
 
-    cause = "retry"
+    cause: Cause = Cause.RETRY
 
 
 class Transient(Retryable):
-    def __init__(self, cause: str, message: str, *, kind: str = "transport", **details: Any):
+    def __init__(
+        self,
+        cause: Cause,
+        message: str,
+        *,
+        kind: ErrorKind = ErrorKind.TRANSPORT,
+        **details: Any,
+    ):
         super().__init__(message, **details)
         self.cause = cause
         self.kind = kind
@@ -87,16 +142,16 @@ class InvalidOutput(Retryable):
     `feedback` is what the model is told on the re-ask; `raw` is its reply.
     """
 
-    def __init__(self, kind: str, message: str, *, raw: str, feedback: str) -> None:
+    def __init__(self, cause: ReplyCause, message: str, *, raw: str, feedback: str) -> None:
         super().__init__(message, raw=raw)
-        self.kind = kind
-        self.cause = kind
+        self.kind = ErrorKind(cause)  # a row whose re-asks run out fails as its cause says
+        self.cause = cause
         self.raw = raw
         self.feedback = feedback
 
 
 class Rejected(RowFailure):
-    kind = "http"
+    kind = ErrorKind.HTTP
 
 
 class PromptTruncated(RowFailure):
@@ -104,17 +159,17 @@ class PromptTruncated(RowFailure):
     fit without saying so, so the reply answers a cut prompt. Not re-asked: it would be cut
     again."""
 
-    kind = "prompt_truncated"
+    kind = ErrorKind.PROMPT_TRUNCATED
 
 
 class SchemaUnusable(RowFailure):
     """The schema raised while checking a reply: asking again would not help."""
 
-    kind = "schema"
+    kind = ErrorKind.SCHEMA
 
 
 class Unexpected(RowFailure):
     """An exception no other class names: a bug in batch or below it. Its row fails with the
     exception's type and message; the run goes on."""
 
-    kind = "internal"
+    kind = ErrorKind.INTERNAL

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.core.chat import ChatRequest, Format, TokenLogprob, Usage
-from batch.core.errors import BadInput, RowFailure
+from batch.core.errors import BadInput, Cause, RowFailure
 from batch.core.images import ImagePolicy
 from batch.core.schema import OutputSchema
 
@@ -60,7 +60,7 @@ class RowResult:
     failure: RowFailure | None = None
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
-    retries: list[str] = field(default_factory=list)  # the cause of each retry
+    retries: list[Cause] = field(default_factory=list)  # the cause of each retry
     host: str | None = None
     done_reason: str | None = None
     durations_ns: dict[str, int] = field(default_factory=dict)
@@ -70,3 +70,8 @@ class RowResult:
     confidence: dict[str, float] | None = None  # per categorical field (batch.labelling.confidence)
     same_as: RowId | None = None  # a copy of this row's result: the request was the same
     cached: bool = False  # taken from the --cache file, not asked
+
+    def fail(self, failure: RowFailure) -> None:
+        """The row fails after all (its output cannot be written): it keeps no output."""
+        self.output = None
+        self.failure = failure

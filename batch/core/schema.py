@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import jsonschema
 import pydantic
 
-from batch.core.errors import ConfigError, InvalidOutput, SchemaUnusable
+from batch.core.errors import Cause, ConfigError, InvalidOutput, SchemaUnusable
 from batch.core.jsontext import Unreadable, loads
 
 JsonSchema = dict[str, Any]
@@ -74,7 +74,7 @@ def parse_json(content: str) -> Any:
     text = content.strip()
     if text.startswith("```"):
         raise InvalidOutput(
-            "validation",
+            Cause.VALIDATION,
             "the reply is JSON inside a markdown fence",
             raw=content,
             feedback="Reply with the bare JSON object only: no markdown fence, no other text.",
@@ -83,20 +83,20 @@ def parse_json(content: str) -> Any:
         return loads(text, finite=True)
     except json.JSONDecodeError as exc:
         raise InvalidOutput(
-            "validation",
+            Cause.VALIDATION,
             f"the reply is not JSON ({exc.msg} at char {exc.pos})",
             raw=content,
             feedback="That was not JSON. Reply with only a JSON object that matches the schema.",
         ) from None
     except Unreadable as exc:  # too deep, NaN or Infinity, a number out of range
         raise InvalidOutput(
-            "validation", f"the reply {exc}", raw=content, feedback=exc.feedback
+            Cause.VALIDATION, f"the reply {exc}", raw=content, feedback=exc.feedback
         ) from None
 
 
 def schema_violation(content: str, problems: str) -> InvalidOutput:
     return InvalidOutput(
-        "validation",
+        Cause.VALIDATION,
         f"the reply does not match the schema: {problems}",
         raw=content,
         feedback=f"That JSON does not match the schema: {problems}. Reply with fixed JSON only.",

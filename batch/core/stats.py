@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from batch.core.chat import Usage
+from batch.core.errors import Cause
 from batch.core.rows import RowResult
 
 
@@ -26,7 +27,7 @@ class RunStats:
     cached: int = 0  # results taken from the cache
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
-    retries: Counter[str] = field(default_factory=Counter)
+    retries: Counter[Cause] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     host_ok: Counter[str] = field(default_factory=Counter)  # rows by the host of their last attempt
     host_failed: Counter[str] = field(default_factory=Counter)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 from batch.core.chat import Usage
 from batch.core.errors import BatchError
+from batch.core.states import StopReason
 
 RECENT = 100  # latencies kept to judge the next one
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))", re.IGNORECASE)
@@ -32,7 +33,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 class BudgetReached(BatchError):
     """Raised at the send gate; the row it stops is not written and runs next time."""
 
-    def __init__(self, budget: str) -> None:
+    def __init__(self, budget: StopReason) -> None:
         super().__init__(f"the {budget} budget is spent")
         self.budget = budget
 
@@ -81,21 +82,26 @@ class Budget:
         self._row_seconds: deque[float] = deque(maxlen=RECENT)
         self._request_seconds: deque[float] = deque(maxlen=RECENT)
         self._row_tokens: deque[int] = deque(maxlen=RECENT)
-        self.met: str | None = None
+        self._met: StopReason | None = None
+
+    @property
+    def met(self) -> StopReason | None:
+        """The first budget found spent, at either gate or by the deadline's timer."""
+        return self._met
 
     def row_may_start(self) -> bool:
         """Whether one more row fits, counting the rows under way; remembers which did not."""
         b, under_way = self.budgets, self.rows_started - self.rows_ended
         if b.max_rows is not None and self.rows_started >= b.max_rows:
-            return self._meet("max_rows")
+            return self._meet(StopReason.MAX_ROWS)
         if b.max_requests is not None and self.requests + under_way >= b.max_requests:
-            return self._meet("max_requests")
+            return self._meet(StopReason.MAX_REQUESTS)
         if b.max_tokens is not None:
             expected = _mean(self._row_tokens) * (under_way + 1)
             if self.tokens + expected >= b.max_tokens:
-                return self._meet("max_tokens")
+                return self._meet(StopReason.MAX_TOKENS)
         if b.deadline is not None and self._clock() + _high(self._row_seconds) >= b.deadline:
-            return self._meet("deadline")
+            return self._meet(StopReason.DEADLINE)
         self.rows_started += 1
         return True
 
@@ -108,11 +114,11 @@ class Budget:
         """The gate before each request: raises `BudgetReached` when the request may not go."""
         b = self.budgets
         if b.max_requests is not None and self.requests >= b.max_requests:
-            raise BudgetReached(self._named("max_requests"))
+            raise BudgetReached(self._named(StopReason.MAX_REQUESTS))
         if b.max_tokens is not None and self.tokens >= b.max_tokens:
-            raise BudgetReached(self._named("max_tokens"))
+            raise BudgetReached(self._named(StopReason.MAX_TOKENS))
         if b.deadline is not None and self._clock() + _high(self._request_seconds) >= b.deadline:
-            raise BudgetReached(self._named("deadline"))
+            raise BudgetReached(self._named(StopReason.DEADLINE))
         self.requests += 1
 
     def replied(self, seconds: float, usage: Usage) -> None:
@@ -134,12 +140,16 @@ class Budget:
             left["requests"] = max(0, b.max_requests - self.requests)
         return left
 
-    def _meet(self, budget: str) -> bool:
-        self.met = self.met or budget
+    def deadline_reached(self) -> None:
+        """The deadline's timer went off: the deadline is met, unless a budget was first."""
+        self._named(StopReason.DEADLINE)
+
+    def _meet(self, budget: StopReason) -> bool:
+        self._named(budget)
         return False
 
-    def _named(self, budget: str) -> str:
-        self.met = self.met or budget
+    def _named(self, budget: StopReason) -> StopReason:
+        self._met = self._met or budget
         return budget
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from batch.core.errors import PromptTruncated
+from batch.core.states import StopReason
 from batch.core.stats import RunStats
 from batch.sink.label_watch import label_lines
 
@@ -47,7 +48,6 @@ class Throughput(BaseModel):
 OPTIONAL = frozenset(
     {"shard", "by_host", "fatal", "stopped_by", "left", "labels", "confidence", "review"}
 )
-BUDGET_STOPS = frozenset({"deadline", "max_tokens", "max_requests", "max_rows"})
 
 
 class RunSummary(BaseModel):
@@ -82,7 +82,7 @@ class RunSummary(BaseModel):
     shard: str | None = None
     by_host: dict[str, dict[str, Any]] | None = None
     fatal: str | None = None
-    stopped_by: str | None = None
+    stopped_by: StopReason | None = None
     # After a budget stop: the rows the next run would label, and what is left of each budget.
     left: dict[str, float | int] | None = None
 
@@ -100,7 +100,7 @@ def build_summary(
     hosts: list[str],
     model: str | None,
     fatal: str | None,
-    stopped_by: str | None,
+    stopped_by: StopReason | None,
     errors_path: Path | None = None,
     host_report: dict[str, dict[str, Any]] | None = None,
     shard: str | None = None,
@@ -222,7 +222,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
     lines.extend(label_lines(summary.labels, summary.review))
     if len(by_host) == 1:
         lines.append(f"concurrency: {concurrency_text(next(iter(by_host.values())))}")
-    if summary.stopped_by in BUDGET_STOPS:
+    if summary.stopped_by is not None and summary.stopped_by.is_budget:
         rows_left = (summary.left or {}).get("rows", "some")
         lines.append(
             f"stopped at a budget ({summary.stopped_by}); {rows_left} rows left: "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from batch.core.chat import ChatRequest, Completion, Usage
-from batch.core.errors import ConfigError, FatalRunError, Rejected, Transient
+from batch.core.errors import Cause, ConfigError, ErrorKind, FatalRunError, Rejected, Transient
 
 if TYPE_CHECKING:
     from batch.serving.constraint import SchemaGrammars, SchemaMask
@@ -252,7 +252,9 @@ class EmbeddedBackend:
             raise
         if time.monotonic() > deadline:
             raise Transient(
-                "timeout", f"{self.name} did not finish within {self._timeout:g}s", kind="timeout"
+                Cause.TIMEOUT,
+                f"{self.name} did not finish within {self._timeout:g}s",
+                kind=ErrorKind.TIMEOUT,
             )
         return self._completion(llm, response, queued)
 

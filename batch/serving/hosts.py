@@ -19,16 +19,25 @@ import random
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from batch.core.chat import Backend
-from batch.core.errors import Transient
+from batch.core.errors import Cause, Transient
 from batch.serving.access import display_host, host_key
 from batch.serving.limits import FixedLimit, Limit
 
 OUT_AFTER = 3  # failed requests in a row that take a host out, when it still accepts connections
 # Failures that say something about the host; a 429 is about the caller's quota.
-NOT_THE_HOSTS_FAULT = frozenset({"http_429"})
+NOT_THE_HOSTS_FAULT = frozenset({Cause.HTTP_429})
+
+
+class HostState(StrEnum):
+    """A host's health, as the summary's `by_host` and the progress line show it."""
+
+    UP = "up"  # in rotation
+    DOWN = "down"  # out of rotation, probed after a backoff
+    LOST = "lost"  # could not be reached, again and again: probed at the longest backoff
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,9 @@ class HostPolicy:
 
 @dataclass
 class Host:
+    """One host's health and counters; the pool tells it what happened, and only it changes
+    them."""
+
     backend: Backend
     capacity: int
     policy: HostPolicy
@@ -106,6 +118,37 @@ class Host:
     taken_out: int = 0
     reply_seconds: float = 0.0  # summed over completed requests
     limit: Limit | None = None  # None: `capacity`, fixed
+
+    def take_slot(self) -> None:
+        self.in_flight += 1
+
+    def release_slot(self) -> None:
+        self.in_flight -= 1
+
+    def sending(self) -> None:
+        """A request goes out on a slot taken."""
+        self.requests += 1
+
+    def replied(self, rtt: float, in_flight: int, wait: float | None) -> bool:
+        """A completed reply's round trip, fed to the limit; True when the limit grew by it."""
+        self.reply_seconds += rtt
+        limit = self.concurrency.current
+        self.concurrency.replied(rtt, in_flight, wait)
+        return self.concurrency.current > limit
+
+    def leave_out(self, model: str) -> bool:
+        """This host lacks `model`: its rows go elsewhere. True the first time it is told."""
+        if model in self.lacks:
+            return False
+        self.lacks.add(model)
+        return True
+
+    def probe_started(self) -> None:
+        self.probing = True
+
+    def probe_dropped(self) -> None:
+        """The probe was cancelled before an answer: it is due again."""
+        self.probing = False
 
     def served(self, model: str) -> None:
         """After a reply for `model`: the limit learns the model's family, once a model."""
@@ -145,14 +188,14 @@ class Host:
         """Count a failed request; True when that took the host out of rotation."""
         self.failures += 1
         if failure.cause in NOT_THE_HOSTS_FAULT or (
-            failure.cause == "http_503" and self.concurrency.backs_off
+            failure.cause == Cause.HTTP_503 and self.concurrency.backs_off
         ):
             return False
         self.failures_in_a_row += 1
         # Once per outage: requests already under way when it went down are refused together.
-        self.unreachable_in_a_row += failure.cause == "connect" and self.up
+        self.unreachable_in_a_row += failure.cause == Cause.CONNECT and self.up
         self.last_failure = failure.message
-        if self.up and (failure.cause == "connect" or self.failures_in_a_row >= OUT_AFTER):
+        if self.up and (failure.cause == Cause.CONNECT or self.failures_in_a_row >= OUT_AFTER):
             self.up = False
             self.taken_out += 1
             self._schedule_probe()
@@ -160,6 +203,7 @@ class Host:
         return False
 
     def probed(self, answered: bool) -> None:
+        self.probing = False
         if answered:
             self.up = True  # failures in a row stay: only a completed request clears them
             self.concurrency.restart()  # it may come back as another server
@@ -174,8 +218,10 @@ class Host:
         self.next_probe = time.monotonic() + delay
 
     @property
-    def state(self) -> str:
-        return "up" if self.up else "lost" if self.lost else "down"
+    def state(self) -> HostState:
+        if self.up:
+            return HostState.UP
+        return HostState.LOST if self.lost else HostState.DOWN
 
     def report(self, elapsed: float) -> dict[str, object]:
         return {

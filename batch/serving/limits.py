@@ -39,6 +39,7 @@ from statistics import median
 from typing import Protocol
 
 from batch.core.chat import Completion
+from batch.core.errors import Cause
 from batch.serving.model_check import ONE_SLOT_FAMILIES
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ REMEASURE_S = 20.0  # at least this often, the base reply time is measured again
 QUEUED_ROUNDS = 3  # rounds in a row that look queued before the base is re-measured early
 SETTLED_ROUNDS = 20  # the settled concurrency: the median limit over this many rounds
 DEFAULT_CEILING = 64  # --max-concurrency: past it, a server is better told with #N
-OVERLOAD_CAUSES = frozenset({"http_503", "http_429", "timeout"})
+OVERLOAD_CAUSES = frozenset({Cause.HTTP_503, Cause.HTTP_429, Cause.TIMEOUT})
 # Ollama runs some model families with one slot whatever OLLAMA_NUM_PARALLEL says
 # (ONE_SLOT_FAMILIES, from server/sched.go, Scheduler.load). Once a backend knows the family of
 # the model a host serves (`details.family` of /api/show), the pool tells the host's limit

@@ -27,6 +27,8 @@ from ollama._client import _copy_messages  # the client's message conversion, im
 from batch.core.chat import ChatRequest, Completion, TokenLogprob, Usage
 from batch.core.errors import (
     BadInput,
+    Cause,
+    ErrorKind,
     FatalRunError,
     InvalidOutput,
     PromptTruncated,
@@ -142,7 +144,7 @@ class OllamaBackend:
         if response.done is False:
             # The runner stopped a reply that repeated one token: not a finished reply.
             raise InvalidOutput(
-                "incomplete_reply",
+                Cause.INCOMPLETE_REPLY,
                 f"{self._name} ended the reply unfinished (done: false, no done_reason): its "
                 "runner stops a reply that repeats one token over and over",
                 raw=content,
@@ -229,7 +231,7 @@ class OllamaBackend:
         except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as exc:
             if (tls := tls_failure(exc)) is not None:
                 raise FatalRunError(self._redact(describe_tls_failure(self._name, tls))) from None
-            raise Transient("connect", f"cannot connect to {self._name}") from None
+            raise Transient(Cause.CONNECT, f"cannot connect to {self._name}") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL):
             raise FatalRunError(
                 f"cannot send to {self._name}: write --host as http://HOST:PORT or https://..."
@@ -238,17 +240,19 @@ class OllamaBackend:
             if str(exc).startswith("407"):  # the tunnel was refused: every row would be
                 raise FatalRunError(proxy_refused(self._name)) from None
             raise Transient(
-                "proxy", self._redact(f"the proxy for {self._name} failed: {exc}")
+                Cause.PROXY, self._redact(f"the proxy for {self._name} failed: {exc}")
             ) from None
         except (TimeoutError, httpx.TimeoutException):
             raise Transient(
-                "timeout", f"no answer from {self._name} within {self._timeout:g}s", kind="timeout"
+                Cause.TIMEOUT,
+                f"no answer from {self._name} within {self._timeout:g}s",
+                kind=ErrorKind.TIMEOUT,
             ) from None
         except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
             if (tls := tls_failure(exc)) is not None:
                 raise FatalRunError(self._redact(describe_tls_failure(self._name, tls))) from None
             raise Transient(
-                "disconnect",
+                Cause.DISCONNECT,
                 self._redact(f"{self._name} dropped the connection: {exc or type(exc).__name__}"),
             ) from None
         except (ValueError, RecursionError, pydantic.ValidationError, AttributeError) as exc:
@@ -256,7 +260,7 @@ class OllamaBackend:
             # ValueError: a body that is not JSON, or not UTF-8 (httpx decodes it strictly);
             # RecursionError: a body nested past Python's stack.
             raise Transient(
-                "bad_body", f"{self._name} sent an unreadable response ({type(exc).__name__})"
+                Cause.BAD_BODY, f"{self._name} sent an unreadable response ({type(exc).__name__})"
             ) from None
 
     def _raw(self, method: str, path: str, **kwargs: Any) -> Awaitable[httpx.Response]:
@@ -272,7 +276,9 @@ class OllamaBackend:
     def _classify_status(self, exc: ollama.ResponseError, model: str, route: str) -> Exception:
         status, text = exc.status_code, self._redact(str(exc.error).strip())
         if status == -1:
-            return Transient("stream_error", f"{self._name} reported an error mid-response: {text}")
+            return Transient(
+                Cause.STREAM_ERROR, f"{self._name} reported an error mid-response: {text}"
+            )
         host = HostContext(self._name, self._connection.credentials)
         return classify(host, status, text, model, route)
 

@@ -18,10 +18,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from batch.core.errors import FatalRunError, ModelMissing, PromptTruncated, Rejected, Transient
+from batch.core.errors import (
+    Cause,
+    ErrorKind,
+    FatalRunError,
+    ModelMissing,
+    PromptTruncated,
+    Rejected,
+    Transient,
+)
 from batch.core.ollama_options import OPTION_ERROR
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The statuses worth another attempt, and the cause each is counted under.
+RETRY_STATUSES = {
+    429: Cause.HTTP_429,
+    500: Cause.HTTP_500,
+    502: Cause.HTTP_502,
+    503: Cause.HTTP_503,
+    504: Cause.HTTP_504,
+}
 # The texts servers answer a prompt longer than the context with, under `truncate: false` or
 # with context shift off. llama-server's names both sizes.
 _TOO_LONG = (
@@ -69,8 +84,8 @@ def classify(
             f"{host.name} refused option {option[1]!r} ({text}): every row would fail the same "
             "way; fix it in --option, the job file's [options] or the rows' options"
         )
-    if status in RETRY_STATUSES:
-        return Transient(f"http_{status}", where, kind="http", status_code=status)
+    if (cause := RETRY_STATUSES.get(status)) is not None:
+        return Transient(cause, where, kind=ErrorKind.HTTP, status_code=status)
     if status == 404 and "not found" in text and "page" not in text:
         return ModelMissing(
             f"model {model!r} is not available on {host.name}: "

@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 
 from batch.core.chat import Backend, ChatRequest, Completion, Usage
-from batch.core.errors import FatalRunError, ModelMissing, Transient
+from batch.core.errors import Cause, FatalRunError, ModelMissing, Transient
 from batch.serving.hosts import Host, HostPolicy, Probed
 from batch.serving.limits import OVERLOAD_CAUSES, Limit, server_wait
 
@@ -44,8 +44,10 @@ class HostPool:
         concurrency: int | Sequence[int],
         policy: HostPolicy | None = None,
         limits: Sequence[Limit | None] = (),
+        meter: Meter | None = None,
     ) -> None:
-        """`limits`: a host's own limit (limits.py) in place of its fixed `concurrency`."""
+        """`limits`: a host's own limit (limits.py) in place of its fixed `concurrency`;
+        `meter`: sees every request (the run's budgets)."""
         if not backends:
             raise ValueError("a pool needs at least one backend")
         counts = [concurrency] * len(backends) if isinstance(concurrency, int) else concurrency
@@ -60,7 +62,7 @@ class HostPool:
         # Labellers are sized from this: the most each host may ever take.
         self.capacity = sum(h.concurrency.ceiling for h in self._hosts)
         self._waiters: deque[anyio.Event] = deque()
-        self.meter: Meter | None = None
+        self._meter = meter
         self._started = time.monotonic()
 
     @property
@@ -85,9 +87,9 @@ class HostPool:
             host = await self._acquire(request.model)
             sent_at, in_flight = time.monotonic(), host.in_flight
             try:
-                if self.meter is not None:
-                    self.meter.sending()  # in the try: a request it stops frees its slot
-                host.requests += 1
+                if self._meter is not None:
+                    self._meter.sending()  # in the try: a request it stops frees its slot
+                host.sending()
                 completion = await host.backend.chat(request)
             except Transient as failure:
                 if failure.cause in OVERLOAD_CAUSES:
@@ -99,28 +101,22 @@ class HostPool:
                         failure.message,
                     )
                     self._wake(everyone=True)
-                if failure.cause == "connect":
+                if failure.cause == Cause.CONNECT:
                     continue
                 raise
             except ModelMissing as missing:
                 self._left_out(host, missing)
                 continue
             finally:
-                host.in_flight -= 1
+                host.release_slot()
                 self._wake(everyone=bool(host.lacks))
             host.succeeded()
-            self._replied(host, time.monotonic() - sent_at, in_flight, server_wait(completion))
+            if host.replied(time.monotonic() - sent_at, in_flight, server_wait(completion)):
+                self._wake(everyone=True)  # room for more than the one reply's slot
             host.served(request.model)  # after the reply counted: the family has the last word
-            if self.meter is not None:
-                self.meter.replied(time.monotonic() - sent_at, completion.usage)
+            if self._meter is not None:
+                self._meter.replied(time.monotonic() - sent_at, completion.usage)
             return replace(completion, host=host.name)
-
-    def _replied(self, host: Host, rtt: float, in_flight: int, wait: float | None) -> None:
-        host.reply_seconds += rtt
-        limit = host.concurrency.current
-        host.concurrency.replied(rtt, in_flight, wait)
-        if host.concurrency.current > limit:  # room for more than the one reply's slot
-            self._wake(everyone=True)
 
     async def aclose(self) -> None:
         for host in self._hosts:
@@ -134,7 +130,7 @@ class HostPool:
             free = [h for h in candidates if h.free() > 0]
             if free:
                 host = max(free, key=Host.free)
-                host.in_flight += 1
+                host.take_slot()
                 return host
             if not any(h.up for h in candidates) and all(h.lost for h in candidates):
                 raise self._none_left(candidates)
@@ -148,16 +144,15 @@ class HostPool:
             await self._wait(min(pending, default=None))
 
     async def _probe(self, host: Host) -> None:
-        host.probing = True
+        host.probe_started()
         try:
             # A backend that cannot be probed (the embedded one, fakes at the seam) is let back
             # in, and its next request tells.
             answered = await host.backend.probe() if isinstance(host.backend, Probed) else True
         except anyio.get_cancelled_exc_class():
-            host.probing = False
+            host.probe_dropped()
             self._wake(everyone=True)  # the probe is due again: another waiter takes it
             raise
-        host.probing = False
         was_lost = host.lost
         host.probed(answered)
         if answered:
@@ -195,10 +190,8 @@ class HostPool:
                 return
 
     def _left_out(self, host: Host, missing: ModelMissing) -> None:
-        if missing.model not in host.lacks:
-            host.lacks.add(missing.model)
-            if any(h.serves(missing.model) for h in self._hosts):
-                log.warning("%s; its rows go to the other hosts", missing)
+        if host.leave_out(missing.model) and any(h.serves(missing.model) for h in self._hosts):
+            log.warning("%s; its rows go to the other hosts", missing)
         self._wake(everyone=True)
 
     def _no_host_has(self, model: str) -> FatalRunError:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch.core.digest import DIGEST_HEX, short
-from batch.core.errors import ConfigError, InvalidOutput
+from batch.core.errors import Cause, ConfigError, InvalidOutput
 from batch.core.jsontext import dumps_line
 from batch.core.rows import RowResult, id_key
 
@@ -176,12 +176,13 @@ class RecordCodec:
         except (ValueError, RecursionError) as exc:
             # A value JSON cannot carry (NaN from a custom validator): the row fails, and the
             # file stays JSON. Replies are checked before this; it is the last guard.
-            result.output = None
-            result.failure = InvalidOutput(
-                "validation",
-                f"the result cannot be written as JSON ({exc}), so it was not kept",
-                raw=result.content or "",
-                feedback="",
+            result.fail(
+                InvalidOutput(
+                    Cause.VALIDATION,
+                    f"the result cannot be written as JSON ({exc}), so it was not kept",
+                    raw=result.content or "",
+                    feedback="",
+                )
             )
             return self._encode(result)
 
