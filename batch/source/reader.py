@@ -25,7 +25,9 @@ async def read_chunks(path: Path) -> AsyncGenerator[tuple[int, list[bytes]], Non
     number = 1
     pending = b""
     first = True
-    source = await aiofiles.open(path, "rb")
+    # Shielded: a run cancelled while the thread opens the file would never get it to close.
+    with anyio.CancelScope(shield=True):
+        source = await aiofiles.open(path, "rb")
     try:
         while chunk := await source.read(CHUNK):
             if first:
