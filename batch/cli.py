@@ -29,7 +29,9 @@ EXIT_BY_SIGNAL = {StopReason.SIGINT: 130, StopReason.SIGTERM: 143}
 log = logging.getLogger("batch")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
+    """The command line; `settings=False` leaves out the flags of `run` and `plan`, whose
+    declarations import pydantic: `--help` and the other commands do not pay for them."""
     parser = argparse.ArgumentParser(
         prog="batch",
         description="Label JSONL rows with models served by Ollama.",
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--sample", type=int, metavar="N", help="label N rows; project the rest")
     for command in (run, plan):
         command.add_argument("input", type=Path, help="the JSONL file of rows")
-        _add_settings(command)
+        if settings:
+            _add_settings(command)
     _add_merge(commands)
     _add_cache(commands)
     add_eval(commands)
@@ -162,7 +165,8 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(settings=bool(given) and given[0] in ("run", "plan")).parse_args(given)
     if args.command == "eval":
         return run_eval(args)
     if args.command in ("merge", "cache"):

@@ -269,3 +269,17 @@ def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(
         assert main([*argv, "--log-every", "0.05"]) == 0
     err = capsys.readouterr().err
     assert "progress: " in err and "rows/s" in err
+
+
+def test_help_leaves_the_settings_and_pydantic_unimported() -> None:
+    """`python -m batch --help` stays quick: the run's settings are imported by run and plan."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('pydantic', 'batch.run.settings') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
