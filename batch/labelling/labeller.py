@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batch.core.chat import Backend, ChatRequest, Completion, Usage, bounded_echo
+from batch.core.chat import Backend, ChatRequest, Completion, bounded_echo
 from batch.core.errors import (
     BadInput,
     BatchError,
@@ -61,76 +61,46 @@ class Labeller:
         self._policy = policy
 
     async def label(self, row: Row) -> RowResult:
+        result = RowResult(row)
         if row.failure is not None or row.request is None:
-            return RowResult(row, failure=row.failure)
+            result.failure = row.failure
+            return result
         started = time.monotonic()
         base = row.request
+        schema = row.schema
         if has_images(base):
             try:  # read here, not when the row is built: only rows in flight hold images
                 base = await attach_images(base)
-            except BadInput as unreadable:
-                return RowResult(row, failure=unreadable.at_line(row.line))
-        attempts = _Attempts(self._backend, self._policy, row)
-        output: Any = None
-        failure: RowFailure | None = None
+            except BadInput as failure:
+                result.failure = failure.at_line(row.line)
+                return result
         try:
-            output = await attempts.run(base)
-        except RowFailure as exc:
-            failure = exc
+            try:
+                # Most rows need one attempt: it goes out without the retry loop, whose set-up
+                # and bookkeeping cost more CPU than the rest of a row's own work (measured).
+                result.output = await self._try(base, result, schema)
+            except Retryable as first:
+                await self._retry(row, base, first, result, schema)
+        except RowFailure as failure:
+            result.failure = failure
         except BatchError:  # the run's trouble (fatal, config), not this row's
             raise
         except Exception as exc:  # a bug below us must not end the run: this row fails
             log.debug("line %d: unexpected error", row.line, exc_info=exc)
-            failure = Unexpected(
+            result.failure = Unexpected(
                 f"unexpected {type(exc).__name__}: {exc} (a bug: run with -v for the traceback)"
             )
-        return attempts.result(output, failure, time.monotonic() - started)
+        result.elapsed_s = time.monotonic() - started
+        return result
 
-
-class _Attempts:
-    """One row's attempts under the retry policy: it sends them, and keeps what they cost, for
-    the row's result."""
-
-    def __init__(self, backend: Backend, policy: RetryPolicy, row: Row) -> None:
-        self._backend = backend
-        self._policy = policy
-        self._row = row
-        self._made = 0
-        self._replies: list[Completion] = []  # one for each attempt that got a reply
-        self._retries: list[Cause] = []  # the cause of each retry
-
-    async def run(self, base: ChatRequest) -> Any:
-        """The accepted output; the last attempt's failure is raised."""
-        try:
-            # Most rows need one attempt: it goes out without the retry loop, whose set-up
-            # and bookkeeping cost more CPU than the rest of a row's own work (measured).
-            return await self._attempt(base)
-        except Retryable as first:
-            return await self._retry(base, first)
-
-    def result(self, output: Any, failure: RowFailure | None, elapsed_s: float) -> RowResult:
-        """The row's result: the outcome, what every attempt cost, and the latest reply."""
-        usage, durations = Usage(), dict[str, int]()
-        for reply in self._replies:
-            usage.add(reply.usage)
-            durations = _summed(durations, reply)
-        last = self._replies[-1] if self._replies else None
-        return RowResult(
-            self._row,
-            output=output,
-            failure=failure,
-            attempts=self._made,
-            usage=usage,
-            retries=self._retries,
-            host=last.host if last else None,
-            done_reason=last.done_reason if last else None,
-            durations_ns=durations,
-            elapsed_s=elapsed_s,
-            content=last.content if last else None,
-            logprobs=last.logprobs if last else None,
-        )
-
-    async def _retry(self, base: ChatRequest, first: Retryable) -> Any:
+    async def _retry(
+        self,
+        row: Row,
+        base: ChatRequest,
+        first: Retryable,
+        result: RowResult,
+        schema: OutputSchema | None,
+    ) -> None:
         """The attempts after a failed first one, under the retry policy. The first failure is
         replayed into the loop (not sent again), so that the waits and the attempt budget are
         those of a loop that made every attempt."""
@@ -138,16 +108,20 @@ class _Attempts:
             stop=stop_after_attempt(self._policy.max_attempts),
             wait=self._policy.wait,
             retry=retry_if_exception_type(Retryable),
-            before_sleep=partial(_log_retry, self._row),
+            before_sleep=partial(_log_retry, row),
             sleep=anyio.sleep,
             reraise=True,
         )
-        request, last, output = base, first, None
+        replay: Retryable | None = first
+        request = base
         async for attempt in retrying:
             with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first
-                self._retries.append(last.cause)
+                if replay is not None:
+                    failure, replay = replay, None
+                    raise failure
+                last = result.failure
+                assert isinstance(last, Retryable), "a retry follows a retryable failure"
+                result.retries.append(last.cause)
                 if isinstance(last, InvalidOutput):
                     # Re-ask with the reason; only the latest bad reply, to spare the context.
                     feedback = [
@@ -155,36 +129,44 @@ class _Attempts:
                         {"role": "user", "content": last.feedback},
                     ]
                     request = replace(base, messages=[*base.messages, *feedback])
-                try:
-                    output = await self._attempt(request)
-                except Retryable as failure:
-                    last = failure
-                    raise
+                result.output = await self._try(request, result, schema)
+
+    async def _try(
+        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
+    ) -> Any:
+        """One attempt, counted; its failure is kept on `result` and raised."""
+        result.attempts += 1
+        try:
+            output = await self._attempt(request, result, schema)
+        except RowFailure as failure:
+            result.failure = failure
+            raise
+        result.failure = None
         return output
 
-    async def _attempt(self, request: ChatRequest) -> Any:
-        """One attempt, counted: the accepted output; its failure is raised."""
-        self._made += 1
+    async def _attempt(
+        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
+    ) -> Any:
         completion = await self._backend.chat(request)
-        self._replies.append(completion)
-        return _accepted(completion, self._row.schema)
-
-
-def _accepted(completion: Completion, schema: OutputSchema | None) -> Any:
-    """The reply's output: its text, or its JSON checked against `schema`; raises why not."""
-    _check_size(completion.content)
-    _check_prompt_fitted(completion)
-    if schema is None:
-        return completion.content
-    if completion.done_reason == "length":
-        raise InvalidOutput(
-            Cause.TRUNCATED,
-            "the reply was cut off at the length limit (done_reason 'length'), "
-            "so its JSON is incomplete: raise num_predict or num_ctx",
-            raw=completion.content,
-            feedback="Your reply was cut off. Reply again with a shorter JSON object.",
-        )
-    return schema.validate(completion.content)
+        result.host = completion.host
+        result.usage.add(completion.usage)
+        result.done_reason = completion.done_reason
+        result.durations_ns = _summed(result.durations_ns, completion)
+        result.content = completion.content
+        result.logprobs = completion.logprobs
+        _check_size(completion.content)
+        _check_prompt_fitted(completion)
+        if schema is None:
+            return completion.content
+        if completion.done_reason == "length":
+            raise InvalidOutput(
+                Cause.TRUNCATED,
+                "the reply was cut off at the length limit (done_reason 'length'), "
+                "so its JSON is incomplete: raise num_predict or num_ctx",
+                raw=completion.content,
+                feedback="Your reply was cut off. Reply again with a shorter JSON object.",
+            )
+        return schema.validate(completion.content)
 
 
 def _check_size(content: str) -> None:
