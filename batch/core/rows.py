@@ -1,7 +1,7 @@
 """What flows through a run: the run's defaults, a row built from one input line, its result.
 
-Types only: the builders (`batch.source.builder` and `batch.formats`) make rows, the labeller makes
-results, and the sink writes them (`batch.sink.records`).
+Types only: the builders (`batch.source.builder`, `native_in`, `openai_in`) make rows, the
+labeller makes results, and the sink writes them (`batch.sink.records`).
 """
 
 from __future__ import annotations

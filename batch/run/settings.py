@@ -489,7 +489,7 @@ class ShardSettings(SettingsGroup):
         str | None,
         Flag(
             ("--shard",),
-            "run only shard K (from 0) of N; see README 'Shards'",
+            "run only shard K (from 0) of N; see docs/deployment.md 'Shards'",
             metavar="K/N",
         ),
     ] = None

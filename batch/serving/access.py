@@ -1,5 +1,5 @@
 """Settings for reaching a production Ollama: headers per host, keep-alive, think, and how a host
-URL is shown. Parsed here so that config.py stays a list of fields; secrets stay `SecretStr`.
+URL is shown. Parsed here so that run/settings.py stays a list of fields; secrets stay `SecretStr`.
 
 Headers, the same shape from the job file's `[headers]` table and `BATCH_HEADERS` (JSON):
     {"X-Team": "labelling", "https://gw.example.com": {"X-Proxy-Token": "..."}}

@@ -169,7 +169,8 @@ class OllamaBackend:
         drops (`truncate`), and `think` as Ollama reads it (also "max")."""
         think = self._think
         if think is None and request.format is not None:
-            think = False  # see README "Production setups": a schema wants the answer only
+            # docs/deployment.md "Production setups": a schema wants the answer only.
+            think = False
         body = chat_body(request, think, self._keep_alive)
         response: ollama.ChatResponse = await self._client._request(
             ollama.ChatResponse, "POST", "/api/chat", json=body, stream=False

@@ -1,8 +1,8 @@
 """Input lines -> rows ready to send, or the reason a line cannot be sent.
 
-A line is decoded and parsed here, then built by the native or the OpenAI builder
-(`batch.formats`), which name the field at fault; the line number is added here, once. A bad
-line never stops the run: it becomes a `Row` carrying a `BadInput` failure, written to the
+A line is decoded and parsed here, then built by the native or the OpenAI builder (`native_in`,
+`openai_in`), which name the field at fault; the line number is added here, once. A bad line
+never stops the run: it becomes a `Row` carrying a `BadInput` failure, written to the
 output as an error row like any other failure.
 """
 
