@@ -141,3 +141,15 @@ def _reads_variable(input_file: Path, name: str, variable: str, shown: str) -> N
         assert shown in str(exc) or variable in str(exc)
         return
     assert [n for n in SETTINGS if after[n] != before[n]] == [name]
+
+
+def test_flat_settings_join_their_group_and_are_never_dropped(input_file: Path) -> None:
+    from pydantic import ValidationError
+
+    from batch.run.config import JobConfig
+    from batch.run.settings import PromptSettings
+
+    config = JobConfig(input=input_file, prompt={"model": "m"}, template="Review: {text}")
+    assert (config.prompt.model, config.prompt.template) == ("m", "Review: {text}")
+    with pytest.raises(ValidationError, match=r"give prompt whole or its settings \(template\)"):
+        JobConfig(input=input_file, prompt=PromptSettings(model="m"), template="Review: {text}")

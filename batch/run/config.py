@@ -64,17 +64,21 @@ class JobConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _grouped(cls, values: Any) -> Any:
-        """Flat settings (`model=...`) go to their groups; group tables pass as they are."""
+        """Flat settings (`model=...`) go to their groups, on top of a group given as a table;
+        a group given as a model takes no flat settings besides (they would be lost)."""
         if not isinstance(values, Mapping):
             return values
-        grouped: dict[str, Any] = {}
+        grouped = {key: value for key, value in values.items() if key not in SETTINGS}
+        flat: dict[str, dict[str, Any]] = {}
         for key, value in values.items():
             if key in SETTINGS:
-                group = grouped.setdefault(SETTINGS[key].group, {})
-                if isinstance(group, dict):
-                    group[key] = value
-            else:
-                grouped[key] = value  # `input`, a group, or a name `extra="forbid"` refuses
+                flat.setdefault(SETTINGS[key].group, {})[key] = value
+        for group, settings in flat.items():
+            given = grouped.get(group, {})
+            if not isinstance(given, Mapping):
+                names = ", ".join(settings)
+                raise ValueError(f"give {group} whole or its settings ({names}) one by one")
+            grouped[group] = {**given, **settings}
         return grouped
 
     @model_validator(mode="after")
@@ -218,6 +222,8 @@ def _find_job_file(input_path: Path, environ: Mapping[str, str]) -> Path | None:
 
 # Job-file spellings that differ from a setting's name (`host`, `schema`).
 _BY_FILE_KEY = {s.key: s for s in SETTINGS.values() if s.key and s.key != s.name}
+# What an unknown key's message lists: every name a job file may use.
+_FILE_KEYS = sorted({*_BY_FILE_KEY, *(s.name for s in SETTINGS.values() if s.key is not None)})
 
 
 def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
@@ -236,14 +242,10 @@ def _read_job_file(path: Path | None) -> tuple[dict[str, Any], str]:
             secret, env = setting.flag.secret, setting.env
             raise ConfigError(f"job file {path}: keep the {secret} out of files: set {env}")
         if setting is None or setting.key is None:
-            known = ", ".join(sorted({*_BY_FILE_KEY, *(s.name for s in _in_files())}))
+            known = ", ".join(_FILE_KEYS)
             raise ConfigError(f"job file {path}: unknown setting {key!r} (known: {known})")
         values[setting.name] = _from_file(setting, value, path)
     return values, str(path)
-
-
-def _in_files() -> list[Setting]:
-    return [s for s in SETTINGS.values() if s.key is not None]
 
 
 def _from_file(setting: Setting, value: Any, path: Path) -> Any:
