@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from batch.cli import main
+from batch.testing import FakeOllama
 
 # A real model on a shared 2-core machine can take minutes; the timeout is only for hangs.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -158,6 +159,18 @@ def test_a_generation_past_the_timeout_is_stopped_and_reported(
     rows = rows_of(sample_job.with_name("in.out.jsonl"))
     assert {r["error"]["type"] for r in rows} == {"timeout"}
     assert all(r["attempts"] == 2 for r in rows)
+
+
+def test_labels_made_in_process_are_not_resumed_on_an_ollama_host(
+    sample_job: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same model name on an Ollama server is another labeller: its fingerprint differs."""
+    assert main(["run", str(sample_job), "-q", "--max-requests", "1"]) == 3
+    capsys.readouterr()
+    with FakeOllama(models=["gemma3:270m"]) as server:
+        assert main(["run", str(sample_job), "-q", "--host", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "--host: was embedded (in process), now an Ollama server" in err
 
 
 @pytest.mark.parametrize(

@@ -279,7 +279,7 @@ async def test_rerun_with_other_settings_is_refused_unless_overwrite(
     config = job(2)
     await run_job(config, backends=[FunctionBackend(scripted(completion('{"label": "pos"}')))])
     changed = config.replace(system="be kind")
-    with pytest.raises(ConfigError, match="different model, schema, template"):
+    with pytest.raises(ConfigError, match='--system: was unset, now "be kind"'):
         await run_job(changed, backends=[FunctionBackend(scripted(completion("{}")))])
     overwrite = changed.replace(overwrite=True)
     backend = FunctionBackend(scripted(completion('{"label": "neg"}')))

@@ -76,6 +76,17 @@ class ConfigError(BatchError):
     """The run is misconfigured; the message says which setting and how to fix it."""
 
 
+class SettingsChanged(ConfigError):
+    """An earlier output holds labels made under other settings (its `config` stamp differs).
+    The run layer, which knows the settings, turns it into a message naming what changed."""
+
+    def __init__(self, message: str, *, line: int, stamp: Any, model: Any) -> None:
+        super().__init__(message)
+        self.line = line
+        self.stamp = stamp  # the line's `config` value
+        self.model = model  # the line's `model`, when it has one
+
+
 class FatalRunError(BatchError):
     """A failure that every further row would hit too, so the run stops."""
 

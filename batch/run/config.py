@@ -34,6 +34,8 @@ from batch.run.settings import (
     ShardSettings,
 )
 from batch.serving.access import check_header_hosts, redacted_host
+from batch.serving.embedded import is_embedded
+from batch.serving.hosts import parse_host
 from batch.source.shards import Shard, shard_from_environ
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_OPTIONS", "JobConfig", "load_config"]
@@ -128,18 +130,36 @@ class JobConfig(BaseModel):
 
     def fingerprint(self, schema: OutputSchema | None) -> str:
         """Names the settings that shape a label; rows from different settings never mix."""
-        prompt = self.prompt
         shaping: dict[str, Any] = {
-            "model": prompt.model,
+            **self.shaping(),
             "schema": schema.json_schema if schema else None,
+        }
+        if shaping["think"] is None:  # only when set, so that earlier outputs keep their stamp
+            del shaping["think"]
+        if shaping.pop("backend") != "ollama":  # likewise: outputs made on Ollama keep theirs
+            shaping["backend"] = self.backend
+        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def shaping(self) -> dict[str, Any]:
+        """The settings that shape a label, but the schema: the summary records them, so that a
+        refused rerun can say which one changed. No secret is among them (no URL, no header)."""
+        prompt = self.prompt
+        return {
+            "model": prompt.model,
             "template": prompt.template,
             "system": prompt.system,
             "options": prompt.options,
+            "think": prompt.think,
+            "backend": self.backend,
         }
-        if prompt.think is not None:  # only when set, so that earlier outputs keep their stamp
-            shaping["think"] = prompt.think
-        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def backend(self) -> str:
+        """What labels: `ollama` servers, the `embedded` model in process, or `embedded+ollama`."""
+        hosts = self.serving.hosts
+        kinds = {"embedded" if is_embedded(parse_host(h).url) else "ollama" for h in hosts}
+        return "+".join(sorted(kinds))
 
     @property
     def shard_spec(self) -> Shard | None:

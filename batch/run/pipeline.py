@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.core.chat import Backend
-from batch.core.errors import BatchError, FatalRunError
+from batch.core.errors import BatchError, FatalRunError, SettingsChanged
 from batch.core.idset import IdSet
 from batch.core.images import ImagePolicy
 from batch.core.rows import Row, RowDefaults, RowResult
@@ -34,6 +34,7 @@ from batch.labelling.confidence import AskingLogprobs
 from batch.labelling.labeller import Labeller, RetryPolicy
 from batch.reuse.cache import AnswerCache
 from batch.reuse.dedup import ReusingLabeller
+from batch.run.changed import recorded_settings, refusal
 from batch.run.config import JobConfig
 from batch.run.plan import rows_left
 from batch.run.progress import show_progress
@@ -95,9 +96,12 @@ async def _run_job(
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.prompt.schema_ref) if config.prompt.schema_ref else None
     codec = RecordCodec(config.fingerprint(schema), config.files.output_format)
-    done = await anyio.to_thread.run_sync(
-        partial(prepare_output, config.output_path, codec, overwrite=config.files.overwrite)
-    )
+    try:
+        done = await anyio.to_thread.run_sync(
+            partial(prepare_output, config.output_path, codec, overwrite=config.files.overwrite)
+        )
+    except SettingsChanged as found:
+        raise refusal(config, found) from None
     done_before = len(done)  # the table fills with this run's ids from here on
     if (errors_file := config.files.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
@@ -124,6 +128,7 @@ async def _run_job(
             input_path=config.input,
             output_path=config.output_path,
             fingerprint=codec.fingerprint,
+            settings=recorded_settings(config, schema),
             hosts=pool.names,
             model=config.prompt.model,
             fatal=str(run.fatal) if run.fatal else None,

@@ -16,10 +16,11 @@ from typing import Any
 
 import anyio
 
-from batch.core.errors import DuplicateId
+from batch.core.errors import DuplicateId, SettingsChanged
 from batch.core.idset import IdSet
 from batch.core.rows import Row, RowDefaults
 from batch.core.stats import RunStats
+from batch.run.changed import refusal
 from batch.run.config import JobConfig
 from batch.run.summary import RunSummary
 from batch.sink.done import collect_done
@@ -90,7 +91,10 @@ async def make_plan(config: JobConfig, defaults: RowDefaults, fingerprint: str) 
     codec = RecordCodec(fingerprint, config.files.output_format)
     done = IdSet()
     if not config.files.overwrite:
-        done = await anyio.to_thread.run_sync(_done_ids, config.output_path, codec)
+        try:
+            done = await anyio.to_thread.run_sync(_done_ids, config.output_path, codec)
+        except SettingsChanged as found:
+            raise refusal(config, found) from None
     stats = RunStats()
     source = RowSource(config.input, RowBuilder(defaults), done, stats, shard=config.shard_spec)
     plan = Plan(str(config.input), str(config.output_path))

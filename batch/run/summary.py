@@ -46,7 +46,17 @@ class Throughput(BaseModel):
 
 # Written only when they apply, so that a plain run's summary stays short.
 OPTIONAL = frozenset(
-    {"shard", "by_host", "fatal", "stopped_by", "left", "labels", "confidence", "review"}
+    {
+        "settings",
+        "shard",
+        "by_host",
+        "fatal",
+        "stopped_by",
+        "left",
+        "labels",
+        "confidence",
+        "review",
+    }
 )
 
 
@@ -58,6 +68,9 @@ class RunSummary(BaseModel):
     output: str
     errors_file: str | None = None
     config: str
+    # The settings `config` stamps (run/config.py `shaping`; the schema as a digest): what a
+    # refused rerun compares its own with.
+    settings: dict[str, Any] | None = None
     model: str | None = None
     hosts: list[str] = Field(default_factory=list)
     rows: RowCounts = Field(default_factory=RowCounts)
@@ -97,6 +110,7 @@ def build_summary(
     input_path: Path,
     output_path: Path,
     fingerprint: str,
+    settings: dict[str, Any] | None = None,
     hosts: list[str],
     model: str | None,
     fatal: str | None,
@@ -123,6 +137,7 @@ def build_summary(
         output=str(output_path),
         errors_file=str(errors_path) if errors_path else None,
         config=fingerprint,
+        settings=settings,
         model=model,
         hosts=hosts,
         rows=RowCounts(

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch.core.digest import DIGEST_HEX, short
-from batch.core.errors import Cause, ConfigError, InvalidOutput
+from batch.core.errors import Cause, ConfigError, InvalidOutput, SettingsChanged
 from batch.core.jsontext import dumps_line
 from batch.core.rows import RowResult, id_key
 
@@ -210,10 +210,13 @@ class RecordCodec:
                 f"rerun with --output-format {shape} to resume, or pass --overwrite to start over"
             )
         if record.get("config") != self.fingerprint:
-            raise ConfigError(
+            raise SettingsChanged(
                 f"{path} holds rows labelled with a different model, schema, template, "
                 f"system prompt or options (line {number}): rerun with the same settings "
-                "to resume, choose another --output, or pass --overwrite to start over"
+                "to resume, choose another --output, or pass --overwrite to start over",
+                line=number,
+                stamp=record.get("config"),
+                model=record.get("model"),
             )
         if record["status"] != "ok":
             return None
