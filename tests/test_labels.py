@@ -17,8 +17,8 @@ from batch.core.categories import categorical_fields
 from batch.core.chat import ChatRequest, Completion
 from batch.core.errors import Rejected
 from batch.run.summary import human_summary
-from batch.testing import FunctionBackend, TestBackend, completion
-from tests.conftest import write_rows
+from batch.testing import FakeOllama, FunctionBackend, TestBackend, completion
+from tests.conftest import run_cli, write_rows
 
 SCHEMA = {
     "type": "object",
@@ -169,3 +169,17 @@ async def test_a_run_without_categorical_fields_has_no_labels(tmp_path: Path) ->
     assert summary.labels is None
     record = json.loads(config.summary_path.read_text())
     assert "labels" not in record and record["warnings"] == []
+
+
+def test_after_a_resumed_run_the_labels_line_says_it_counts_that_runs_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps({**SCHEMA, "required": ["label"]}))
+    path = write_rows(tmp_path / "in.jsonl", 3)
+    with FakeOllama(models=["m"]) as server:
+        assert run_cli(path, server.url) == 0
+        write_rows(path, 5)
+        capsys.readouterr()
+        assert run_cli(path, server.url) == 0
+    err = capsys.readouterr().err
+    assert "labels label (this run's 2 rows; the 3 done before are not counted): " in err

@@ -234,7 +234,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
             f"{host['completed_per_s']:.1f} replies/s, concurrency {concurrency_text(host)}, "
             f"now {host['state']}{lacks}"
         )
-    lines.extend(label_lines(summary.labels, summary.review))
+    lines.extend(label_lines(summary.labels, summary.review, summary.rows.skipped))
     if len(by_host) == 1:
         lines.append(f"concurrency: {concurrency_text(next(iter(by_host.values())))}")
     if summary.stopped_by is not None and summary.stopped_by.is_budget:

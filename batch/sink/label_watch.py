@@ -169,17 +169,20 @@ SHOWN_VALUES = 8  # a field's most frequent values printed at the end of a run; 
 
 
 def label_lines(
-    labels: dict[str, dict[str, int]] | None, review: dict[str, Any] | None
+    labels: dict[str, dict[str, int]] | None, review: dict[str, Any] | None, done_before: int = 0
 ) -> list[str]:
-    """The end-of-run lines: one a categorical field, most frequent value first."""
+    """The end-of-run lines: one a categorical field, most frequent value first. They count
+    this run's rows: a resumed run's earlier rows are in the output, not read back for this."""
     lines = []
     for field, counts in (labels or {}).items():
-        rows = sum(counts.values())
+        rows = f"{sum(counts.values())} rows"
+        if done_before:
+            rows = f"this run's {rows}; the {done_before} done before are not counted"
         ranked = sorted(counts.items(), key=lambda item: -item[1])
         shown = ", ".join(f"{value} {n}" for value, n in ranked[:SHOWN_VALUES])
         if rest := ranked[SHOWN_VALUES:]:
             shown += f", {len(rest)} more values {sum(n for _, n in rest)}"
-        lines.append(f"labels {field} ({rows} rows): {shown}")
+        lines.append(f"labels {field} ({rows}): {shown}")
     if review is not None:
         lines.append(
             f"review: {review['rows']} rows with a label below confidence {review['below']:g} "
