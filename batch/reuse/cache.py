@@ -26,6 +26,7 @@ from batch.core.errors import ConfigError, FatalRunError
 MAGIC = "batch-cache"
 VERSION = "1"
 BUSY_TIMEOUT_S = 60.0
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_cache (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -103,6 +104,11 @@ class _broken:
 def open_cache(path: Path) -> sqlite3.Connection:
     """A connection to the cache at `path`, created when missing. Raises `ConfigError` for a
     file that is not a batch cache, or a damaged one."""
+    if not _may_be_sqlite(path):
+        raise ConfigError(
+            f"{path} is not a batch cache (it is not an SQLite file): give the file a run "
+            "writes with --cache (e.g. labels.cache), or a new name to start one"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
@@ -118,12 +124,26 @@ def open_cache(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _may_be_sqlite(path: Path) -> bool:
+    """False for a file that exists and is not SQLite (an input given by mistake): it is
+    refused before SQLite opens it."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # SQLite's own error says what is wrong
+    return not head or head == SQLITE_HEADER
+
+
 def _check(db: sqlite3.Connection, path: Path) -> None:
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if tables and "batch_cache" not in tables:
             raise ConfigError(
-                f"{path} is an SQLite database but not a batch cache: give another --cache file"
+                f"{path} is an SQLite database but not a batch cache: give the file a run "
+                "writes with --cache, or a new name to start one"
             )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # in WAL: durable at checkpoints, never corrupt
@@ -135,8 +155,8 @@ def _check(db: sqlite3.Connection, path: Path) -> None:
         db.execute("SELECT count(*) FROM answers WHERE key = x''").fetchone()
     except sqlite3.DatabaseError as exc:
         raise ConfigError(
-            f"cache {path} is not a batch cache, or is damaged ({exc}): "
-            "give another --cache file, or delete this one"
+            f"cache {path} is damaged ({exc}): give another --cache file (a damaged batch "
+            "cache can be removed: the next run starts a new one)"
         ) from None
     if found.get("magic") != MAGIC or found.get("version") != VERSION:
         raise ConfigError(f"cache {path} was written by another version of batch: delete it")

@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.core.chat import Backend
-from batch.core.errors import BatchError, FatalRunError, SettingsChanged
+from batch.core.errors import BatchError, FatalRunError, ModelMissing, SettingsChanged
 from batch.core.idset import IdSet
 from batch.core.images import ImagePolicy
 from batch.core.rows import Row, RowDefaults, RowResult
@@ -44,7 +44,7 @@ from batch.serving.pool import HostPool
 from batch.sink.changes import finish_output
 from batch.sink.label_watch import LabelWatch
 from batch.sink.lock import hold_outputs
-from batch.sink.output import Opener, open_append, prepare_output
+from batch.sink.output import Opener, drop_if_empty, open_append, prepare_output
 from batch.sink.records import RecordCodec
 from batch.sink.reorder import sort_by_line
 from batch.sink.writer import WRITE_BATCH, Item, ResultSink
@@ -110,7 +110,8 @@ async def _run_job(
     pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
     run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
-    log.info("labelling %s with %s on %s", config.input, config.prompt.model, pool.name)
+    model = config.prompt.model or "the model each row names"
+    log.info("labelling %s with %s on %s", config.input, model, pool.name)
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
     try:
@@ -123,6 +124,9 @@ async def _run_job(
     finally:
         await pool.aclose()
         run.labeller.close()
+        if run.fatal is not None:
+            run.fatal = _explained(config, run, run.fatal)
+            await anyio.to_thread.run_sync(drop_if_empty, config.output_path)
         summary = build_summary(
             stats,
             input_path=config.input,
@@ -189,6 +193,18 @@ def _assemble(
 def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
     shards = config.shard_spec.count if config.shard_spec else 1
     return partial(show_progress, stats, config.input, config.display.log_every, pool.hosts, shards)
+
+
+def _explained(config: JobConfig, run: _Run, fatal: BatchError) -> BatchError:
+    """A model missing that the input's OpenAI requests name: their model names are OpenAI's,
+    so the way on is --model, not `ollama pull`."""
+    if isinstance(fatal, ModelMissing) and not config.prompt.model and run.source.openai_requests:
+        return FatalRunError(
+            f"model {fatal.model!r}, named by the input's OpenAI requests, is not available on "
+            f"{fatal.host}: OpenAI model names need --model to pick an Ollama model "
+            "(`ollama list` on the host shows the ones it has)"
+        )
+    return fatal
 
 
 def _outcome(summary: RunSummary, fatal: BatchError | None, unwritten: str | None) -> RunSummary:

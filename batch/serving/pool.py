@@ -202,9 +202,11 @@ class HostPool:
                 model=model,
                 host=self._hosts[0].name,
             )
-        return FatalRunError(
+        return ModelMissing(
             f"model {model!r} is not available on any of the {len(self._hosts)} hosts: "
-            f"pull it (`ollama pull {model}`) or pass another --model"
+            f"pull it (`ollama pull {model}`) or pass another --model",
+            model=model,
+            host=f"any of the {len(self._hosts)} hosts",
         )
 
     def _none_left(self, hosts: list[Host]) -> FatalRunError:

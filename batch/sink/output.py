@@ -30,7 +30,7 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
     """Keep the earlier run's `ok` rows and return their ids; refuse a foreign configuration,
     and lines of the other output format (`native` or `openai`): one file, one format."""
     done = IdSet()
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:  # an empty file holds nothing to resume
         return done
     if overwrite:
         path.unlink()
@@ -49,6 +49,16 @@ def prepare_output(path: Path, codec: RecordCodec, *, overwrite: bool) -> IdSet:
             ) from None
     log.info("resuming %s: %d rows done, %d dropped to run again", path, len(done), len(dropped))
     return done
+
+
+def drop_if_empty(path: Path) -> None:
+    """Removes an output that holds no line: a run that failed before its first row leaves
+    nothing a rerun would take for an earlier run's work."""
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _earlier_lines(path: Path, codec: RecordCodec, repeated: set[str]) -> list[int]:

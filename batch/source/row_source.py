@@ -56,6 +56,11 @@ class RowSource:
         self.changed_met = 0
         self.read_all = False  # the whole input was read: ids not met are not in it
 
+    @property
+    def openai_requests(self) -> bool:
+        """The input holds OpenAI Batch requests (its first row, read already, is one)."""
+        return not self._builder.native
+
     async def feed(self, send: MemoryObjectSendStream[Row], stopping: anyio.Event) -> None:
         """Send every row to label, until the file ends or `stopping` is set. Raises
         `ConfigError` for a line that no row of the file could run (no model anywhere)."""
