@@ -55,7 +55,7 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
         description="Read every line as `run` would and report the rows to label, the rows "
         "already done, bad lines with their reasons, duplicate ids and estimated input tokens. "
         "Sends nothing, unless --sample N: then N rows are labelled (written to the output like "
-        "any run's) and the rest projected. Exit 0: every line would run; 1: some line would "
+        "any run's, on the hosts, retries and access given) and the rest projected. Exit 0: every line would run; 1: some line would "
         "fail; 2: configuration error.",
     )
     plan.add_argument(
@@ -65,27 +65,32 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
     for command in (run, plan):
         command.add_argument("input", type=Path, help="the JSONL file of rows")
         if settings:
-            _add_settings(command)
+            _add_settings(command, budgets=command is run)
     _add_merge(commands)
     _add_cache(commands)
     add_eval(commands)
     return parser
 
 
-def _add_settings(command: argparse.ArgumentParser) -> None:
-    """Every setting's flag (batch/run/settings.py), and the two flags that are not settings."""
+def _add_settings(command: argparse.ArgumentParser, *, budgets: bool) -> None:
+    """Every setting's flag (batch/run/settings.py), and the two flags that are not settings.
+    Without `budgets` (plan, whose sample is bounded by its N rows), none of the budgets'."""
     from batch.run.flags import add_flags
     from batch.run.settings import GROUPS
 
     def job_file(group: argparse._ArgumentGroup) -> None:
         group.add_argument(
-            "--job-file", type=Path, help="TOML job file (default: INPUT.toml, batch.toml)"
+            "--job-file",
+            type=Path,
+            metavar="FILE",
+            help="TOML job file (default: INPUT.toml, batch.toml)",
         )
 
     def verbose(group: argparse._ArgumentGroup) -> None:
         group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    add_flags(command, GROUPS, then={"files": job_file, "display": verbose})
+    groups = {name: group for name, group in GROUPS.items() if budgets or name != "budgets"}
+    add_flags(command, groups, then={"files": job_file, "display": verbose})
 
 
 def _add_merge(commands: Any) -> None:

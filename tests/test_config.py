@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,46 @@ def test_options_parse_as_json_values_else_strings() -> None:
         parse_option("temperature")
 
 
-def test_every_declared_setting_is_a_flag_of_run_and_plan() -> None:
+def test_every_declared_setting_is_a_flag_of_run_and_plan_but_budgets_of_run_only() -> None:
+    """plan's sample is bounded by its N rows: the budgets would be flags it ignores."""
     from batch.cli import build_parser
     from batch.run.settings import SETTINGS
 
     declared = {name for setting in SETTINGS.values() for name in setting.flag.names}
+    budgets = {"--deadline", "--max-tokens", "--max-requests"}
     [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    for command in ("run", "plan"):
+    for command, expected in (("run", declared), ("plan", declared - budgets)):
         parser = commands.choices[command]
         flags = {o for action in parser._actions for o in action.option_strings}
         not_settings = {"-h", "--help", "--job-file", "-v", "--verbose", "--json", "--sample"}
-        assert flags - not_settings == declared
+        assert flags - not_settings == expected
+
+
+def test_every_placeholder_in_run_help_names_a_kind_of_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not argparse's default (the setting's name in capitals, MAX_ATTEMPTS)."""
+    from batch.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    placeholders = set(re.findall(r"[-\w]+ ([A-Z][A-Z_]+)\b", usage))
+    assert placeholders <= {"FILE", "N", "URL", "TEXT", "SECONDS", "DURATION", "MODEL", "P", "KEY"}
+
+
+def test_host_and_model_help_name_the_embedded_model_and_a_hosts_own_concurrency(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from batch.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    host = help_text[help_text.index("--host URL|embedded ") :][:400]
+    assert "embedded" in host and "URL#N" in host
+    model = help_text[help_text.index("--model MODEL ") :][:300]
+    assert ".gguf" in model and "gemma3:270m" in model
 
 
 def test_every_declared_setting_is_read_from_its_job_file_key_and_variable(

@@ -68,6 +68,7 @@ class FileSettings(SettingsGroup):
         Flag(
             ("-o", "--output"),
             "output JSONL (default: INPUT with .out.jsonl)",
+            metavar="FILE",
             type=Path,
             relative="path",
         ),
@@ -76,7 +77,8 @@ class FileSettings(SettingsGroup):
         Path | None,
         Flag(
             ("--summary",),
-            "summary JSON (default: OUTPUT with .summary.json)",
+            "summary JSON (default: the output with .summary.json)",
+            metavar="FILE",
             type=Path,
             relative="path",
         ),
@@ -129,7 +131,12 @@ class PromptSettings(SettingsGroup):
     title = "model and prompt"
 
     model: Annotated[
-        str | None, Flag(("-m", "--model"), "Ollama model; a row's own 'model' wins")
+        str | None,
+        Flag(
+            ("-m", "--model"),
+            "Ollama model name; with --host embedded, a .gguf file or gemma3:270m (bundled). "
+            "A row's own 'model' wins",
+        ),
     ] = None
     options: Annotated[
         dict[str, Any],
@@ -278,8 +285,10 @@ class HostSettings(SettingsGroup):
         tuple[str, ...],
         Flag(
             ("--host",),
-            "Ollama host, repeatable (default: $OLLAMA_HOST, else http://127.0.0.1:11434)",
-            metavar="URL",
+            "Ollama host URL, or embedded: the model in process (llama.cpp); URL#N gives a host "
+            "its own concurrency N; repeatable (default: $OLLAMA_HOST, else "
+            "http://127.0.0.1:11434)",
+            metavar="URL|embedded",
             action="append",
             key="host",
             env_alias="OLLAMA_HOST",
@@ -344,7 +353,7 @@ class RetrySettings(SettingsGroup):
     max_attempts: Annotated[
         int,
         Field(ge=1),
-        Flag(("--max-attempts",), "tries per row, any cause (default 5)", type=int),
+        Flag(("--max-attempts",), "tries per row, any cause (default 5)", metavar="N", type=int),
     ] = 5
     backoff: Annotated[
         float,
