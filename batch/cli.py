@@ -55,8 +55,8 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
         description="Read every line as `run` would and report the rows to label, the rows "
         "already done, bad lines with their reasons, duplicate ids and estimated input tokens. "
         "Sends nothing, unless --sample N: then N rows are labelled (written to the output like "
-        "any run's, on the hosts, retries and access given) and the rest projected. Exit 0: every line would run; 1: some line would "
-        "fail; 2: configuration error.",
+        "any run's, on the hosts, retries and access given) and the rest projected. Exit 0: "
+        "every line would run; 1: some line would fail; 2: configuration error.",
     )
     plan.add_argument(
         "--json", dest="plan_json", type=Path, metavar="FILE", help="write it as JSON"
