@@ -161,6 +161,30 @@ def test_a_generation_past_the_timeout_is_stopped_and_reported(
     assert all(r["attempts"] == 2 for r in rows)
 
 
+@pytest.mark.parametrize(("engine", "gate_exit"), [("llguidance", 0), ("grammar", 1)])
+def test_the_topics_example_holds_its_gate_on_llguidance_and_fails_it_on_the_grammar(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token_cache: Path,
+    engine: str,
+    gate_exit: int,
+) -> None:
+    """docs/quality.md's example: the same JSON allowed, different tokens, different labels."""
+    for name in ("topics.jsonl", "topics.toml", "topic.schema.json"):
+        (tmp_path / name).write_bytes((JOBS / name).read_bytes())
+    for name in ("OLLAMA_HOST", "BATCH_HOST", "BATCH_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(token_cache))
+    if engine == "grammar":
+        monkeypatch.setenv("BATCH_EMBEDDED_CONSTRAINT", "grammar")
+    else:
+        monkeypatch.delenv("BATCH_EMBEDDED_CONSTRAINT", raising=False)
+    job = tmp_path / "topics.jsonl"
+    assert main(["run", str(job), "-q"]) == 0
+    gold = ["eval", str(tmp_path / "topics.out.jsonl"), "--gold", str(job)]
+    assert main([*gold, "--min-accuracy", "0.8"]) == gate_exit
+
+
 def test_labels_made_in_process_are_not_resumed_on_an_ollama_host(
     sample_job: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
