@@ -191,6 +191,24 @@ def test_plan_counts_rows_done_and_a_sample_projects_the_rest(rows: Path) -> Non
     assert len(output_by_id(rows)) == 50 - sample["rows_left"]
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--deadline", "5", "'5': write the deadline as a duration"),
+        ("--keep-alive", "soon", "is not a duration"),
+        ("--template", "say {}", "must be named"),
+        ("--option", "temperature=hot", "must be a number"),
+    ],
+)
+def test_a_bad_flag_value_is_refused_without_the_library_prefix(
+    rows: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str
+) -> None:
+    assert main(["run", str(write_rows(rows, 1)), "--model", "m", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} (from {flag}): " in err and says in err
+    assert "Value error" not in err
+
+
 def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--help"])

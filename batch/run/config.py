@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from batch.core.errors import ConfigError
 from batch.core.schema import OutputSchema
@@ -224,11 +225,18 @@ def _invalid(exc: ValidationError, origin: Mapping[str, str]) -> str:
         if key is None and loc and loc[0] not in GROUPS:
             key = loc[0]  # a name that is no setting
         if key is None:
-            problems.append(error["msg"].removeprefix("Value error, "))
+            problems.append(_message(error))
             continue
         shown = SETTINGS[key].shown if key in SETTINGS else key
-        problems.append(f"{shown} (from {origin.get(key, key)}): {error['msg']}")
+        problems.append(f"{shown} (from {origin.get(key, key)}): {_message(error)}")
     return "invalid settings:\n  " + "\n  ".join(problems)
+
+
+def _message(error: ErrorDetails) -> str:
+    """A check's own words, without the "Value error, " pydantic puts before them."""
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    return error["msg"]
 
 
 def _find_job_file(input_path: Path, environ: Mapping[str, str]) -> Path | None:
