@@ -191,6 +191,18 @@ def test_plan_counts_rows_done_and_a_sample_projects_the_rest(rows: Path) -> Non
     assert len(output_by_id(rows)) == 50 - sample["rows_left"]
 
 
+def test_a_deadline_already_past_is_a_usage_error_naming_the_time(
+    rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeOllama(models=["m"]) as fake:
+        assert run_cli(write_rows(rows, 5), fake.url, "--deadline", "2020-01-01T18:00Z") == 2
+        assert fake.request_count == 0
+    err = capsys.readouterr().err
+    assert "--deadline" in err and "2020-01-01T18:00:00Z" in err
+    assert "run again" not in err
+    assert not rows.with_name("in.out.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "says"),
     [

@@ -19,11 +19,20 @@ def test_a_deadline_is_a_duration_from_now_or_an_iso_time() -> None:
     assert parse_deadline("1h30m", now=0.0) == 5400
     assert parse_deadline("90s", now=0.0) == 90
     noon = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
-    assert parse_deadline("2026-12-01T12:00:00Z") == noon
-    assert parse_deadline("2026-12-01T12:00:00") == noon  # no zone: UTC
-    assert parse_deadline("2026-12-01T13:00:00+01:00") == noon
+    assert parse_deadline("2026-12-01T12:00:00Z", now=noon - 1) == noon
+    assert parse_deadline("2026-12-01T12:00:00", now=noon - 1) == noon  # no zone: UTC
+    assert parse_deadline("2026-12-01T13:00:00+01:00", now=noon - 1) == noon
     with pytest.raises(ValueError, match="50m"):
         parse_deadline("soon")
+
+
+def test_a_deadline_already_past_is_refused_naming_it_and_now() -> None:
+    noon = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
+    said = r"2026-12-01T12:00:00Z is already past \(it is now 2026-12-01T12:00:00Z\)"
+    with pytest.raises(ValueError, match=said):
+        parse_deadline("2026-12-01T13:00:00+01:00", now=noon)
+    with pytest.raises(ValueError, match="more than 0s"):
+        parse_deadline("0s", now=noon)
 
 
 def test_budget_settings_come_from_flags_environment_and_job_file(tmp_path: Path) -> None:

@@ -40,12 +40,16 @@ class BudgetReached(BatchError):
 
 def parse_deadline(text: str, now: float | None = None) -> float:
     """`50m`, `1h30m`, `90s`, `2h` (from now) or an ISO time (`2026-12-01T18:00:00+00:00`, `Z`
-    allowed; a time without a zone is UTC) -> a Unix time."""
+    allowed; a time without a zone is UTC) -> a Unix time, later than `now`: a deadline already
+    past would stop the run before its first row and tell the user to run again."""
     now = time.time() if now is None else now
     text = text.strip()
     parts = _DURATION.findall(text)
     if parts and "".join(n + u for n, u in parts).lower() == text.lower():
-        return now + sum(float(n) * _UNIT_S[u.lower()] for n, u in parts)
+        seconds = sum(float(n) * _UNIT_S[u.lower()] for n, u in parts)
+        if seconds <= 0:
+            raise ValueError(f"{text!r}: a duration from now must be more than 0s")
+        return now + seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -55,7 +59,17 @@ def parse_deadline(text: str, now: float | None = None) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    if (deadline := moment.timestamp()) <= now:
+        raise ValueError(
+            f"{utc_text(deadline)} is already past (it is now {utc_text(now)}): give a later "
+            "time, or a duration from now (50m)"
+        )
+    return deadline
+
+
+def utc_text(moment: float) -> str:
+    """A Unix time as an ISO time in UTC, to the second (`2026-12-01T18:00:00Z`)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
