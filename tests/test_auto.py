@@ -191,6 +191,58 @@ def test_plan_counts_rows_done_and_a_sample_projects_the_rest(rows: Path) -> Non
     assert len(output_by_id(rows)) == 50 - sample["rows_left"]
 
 
+def plan_sample(rows: Path, host: str, *extra: str) -> tuple[int, dict[str, Any]]:
+    """`batch plan` on `rows` with `extra` flags (`--sample N`): its exit code and its JSON."""
+    plan_file = rows.with_name("plan.json")
+    argv = ["plan", str(rows), "--model", "m", "--host", host, "--json", str(plan_file)]
+    code = main([*argv, "--schema", str(rows.with_name("schema.json")), *extra])
+    return code, json.loads(plan_file.read_text())
+
+
+def test_a_sample_waits_for_its_rows_however_long_a_reply_takes(
+    rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each reply takes longer than the grace period (a cold model loading, at its scale): the
+    # sample still waits for its rows, and projects from them.
+    write_rows(rows, 20)
+    with FakeOllama(models=["m"], slots=4, latency=0.5) as fake:
+        code, plan = plan_sample(rows, fake.url, "--grace-period", "0.05", "--sample", "2")
+        assert code == 0 and fake.request_count == 2
+    sample = plan["sample"]
+    assert sample["rows_labelled"] == sample["rows_ok"] == 2
+    assert sample["rows_left"] == 18 and sample["projected_rows_per_s"] > 0
+    assert sample["projected_seconds"] is not None and sample["projected_tokens"] > 0
+    assert len(output_by_id(rows)) == 2
+    printed = capsys.readouterr()
+    assert "2 of 2 rows ok" in printed.out
+    assert "max_rows" not in printed.err  # a name the user never typed
+
+
+def test_rows_under_way_when_a_count_budget_is_met_are_written(rows: Path) -> None:
+    # Their requests are paid for: cutting them at the grace period would pay for them twice.
+    with FakeOllama(models=["m"], slots=4, latency=0.5) as fake:
+        argv = ("-c", "4", "--grace-period", "0.05", "--max-requests", "3")
+        assert run_cli(write_rows(rows, 20), fake.url, *argv) == 3
+        sent = fake.request_count
+    assert 1 <= sent <= 3
+    assert len(output_by_id(rows)) == summary_of(rows)["rows"]["ok"] == sent
+
+
+def test_a_budget_stop_counts_every_row_of_the_input_in_the_total(
+    rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeOllama(models=["m"], slots=4) as fake:
+        argv = ["run", str(write_rows(rows, 100)), "--model", "m", "--host", fake.url]
+        argv += ["--schema", str(rows.with_name("schema.json")), "--max-requests", "10"]
+        assert main(argv) == 3
+    summary = summary_of(rows)
+    assert summary["rows"]["total"] == 100
+    assert summary["rows"]["ok"] + summary["left"]["rows"] == 100
+    err = capsys.readouterr().err
+    assert "of 100 rows" in err and "--max-requests 10" in err
+    assert "max_requests" not in err  # the flag the user typed, not the setting's name
+
+
 def test_a_deadline_already_past_is_a_usage_error_naming_the_time(
     rows: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

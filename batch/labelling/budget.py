@@ -30,11 +30,20 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([smhd]))", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# What the user typed to set each budget: messages name the flag, not the setting.
+FLAGS = {
+    StopReason.DEADLINE: "--deadline",
+    StopReason.MAX_TOKENS: "--max-tokens",
+    StopReason.MAX_REQUESTS: "--max-requests",
+    StopReason.MAX_ROWS: "--sample",
+}
+
+
 class BudgetReached(BatchError):
     """Raised at the send gate; the row it stops is not written and runs next time."""
 
     def __init__(self, budget: StopReason) -> None:
-        super().__init__(f"the {budget} budget is spent")
+        super().__init__(f"the {FLAGS[budget]} budget is spent")
         self.budget = budget
 
 
@@ -81,6 +90,18 @@ class Budgets:
 
     def __bool__(self) -> bool:
         return any(v is not None for v in vars(self).values())
+
+    def named(self, budget: StopReason) -> str:
+        """The budget as the user gave it: `--max-requests 50`, `--deadline 2026-...Z`."""
+        value = {
+            StopReason.DEADLINE: self.deadline,
+            StopReason.MAX_TOKENS: self.max_tokens,
+            StopReason.MAX_REQUESTS: self.max_requests,
+            StopReason.MAX_ROWS: self.max_rows,
+        }[budget]
+        if budget == StopReason.DEADLINE and value is not None:
+            return f"{FLAGS[budget]} {utc_text(value)}"
+        return f"{FLAGS[budget]} {value}"
 
 
 class Budget:

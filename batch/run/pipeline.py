@@ -36,7 +36,7 @@ from batch.reuse.cache import AnswerCache
 from batch.reuse.dedup import ReusingLabeller
 from batch.run.changed import recorded_settings, refusal
 from batch.run.config import JobConfig
-from batch.run.plan import rows_left
+from batch.run.plan import make_plan
 from batch.run.progress import show_progress
 from batch.run.summary import RunSummary, build_summary, write_summary
 from batch.run.wiring import open_answer_cache, open_label_watch, open_pool, reply_salt, written_by
@@ -140,8 +140,11 @@ async def _run_job(
             errors_path=config.files.errors_file,
             host_report=pool.report(),
             shard=config.sharding.shard,
-            left=await _left(config, run, row_defaults(config, schema), codec.fingerprint),
         ).model_copy(update=watch.summary_fields())
+        # After the summary's clock stopped: the count of rows left is no part of the run.
+        summary = await _after_budget(
+            summary, config, run, row_defaults(config, schema), codec.fingerprint
+        )
         unwritten = await _write_summary(config.summary_path, summary)
     return _outcome(summary, run.fatal, unwritten)
 
@@ -245,13 +248,20 @@ async def _finish_rerun(
         )
 
 
-async def _left(
-    config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
-) -> dict[str, float | int] | None:
-    """After a budget stop: the rows the next run labels, and what is left of each budget."""
+async def _after_budget(
+    summary: RunSummary, config: JobConfig, run: _Run, defaults: RowDefaults, fingerprint: str
+) -> RunSummary:
+    """After a budget stop: `rows.total` counts the whole input, the rows this run never reached
+    too, and `left` says what the next run labels and what is left of each budget."""
     if run.stopped_by is None or not run.stopped_by.is_budget:
-        return None
-    return {"rows": await rows_left(config, defaults, fingerprint), **run.budget.left()}
+        return summary
+    rest = await make_plan(config, defaults, fingerprint)
+    return summary.model_copy(
+        update={
+            "rows": summary.rows.model_copy(update={"total": rest.rows_in_input}),
+            "left": {"rows": rest.rows_to_label, **run.budget.left()},
+        }
+    )
 
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
@@ -288,18 +298,32 @@ class _Run:
             self.window.close()
 
     def stop_at_budget(self) -> None:
-        """A budget is met: no new row; rows under way get the grace period."""
+        """A budget is met: no new row. Rows under way finish, their requests bounded by
+        --timeout and the send gate: they are paid for. Only a deadline cuts them, at the
+        deadline plus the grace period."""
         if self.stopped_by is None:
             self.stopped_by = self.budget.met
-            log.warning(
-                "the %s budget is met: taking no new rows; rows under way get %gs",
-                self.stopped_by,
-                self.grace_period,
-            )
-            # Rows already sent may run to the deadline itself, then get the grace period.
-            to_deadline = max(self.budget.seconds_to_deadline() or 0.0, 0.0)
-            self.work.deadline = anyio.current_time() + to_deadline + self.grace_period
+            self._say_stopped()
+            if (to_deadline := self.budget.seconds_to_deadline()) is not None:
+                to_deadline = max(to_deadline, 0.0)
+                self.work.deadline = anyio.current_time() + to_deadline + self.grace_period
         self.stop()
+
+    def _say_stopped(self) -> None:
+        """Which budget was met, by the flag that set it, and what happens to rows under way."""
+        assert self.stopped_by is not None
+        budgets, grace = self.budget.budgets, self.grace_period
+        named = budgets.named(self.stopped_by)
+        if self.stopped_by == StopReason.DEADLINE:
+            log.warning("%s is near: taking no new rows; rows under way get %gs more", named, grace)
+            return
+        by = ""
+        if budgets.deadline is not None:
+            by = f" (by {budgets.named(StopReason.DEADLINE)} and {grace:g}s past it)"
+        if self.stopped_by == StopReason.MAX_ROWS:  # `plan --sample N`: it waits, as it should
+            log.info("%s: waiting for the sample's rows to finish%s", named, by)
+        else:
+            log.warning("%s is met: taking no new rows; rows under way finish%s", named, by)
 
     async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -402,8 +426,8 @@ class _Run:
     async def _on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                if self.stopped_by is not None:
-                    log.warning("second signal: stopping now")
+                if self.stopped_by is not None:  # a second signal, or one at a budget's stop
+                    log.warning("%s: stopping the rows under way now", signal.Signals(signum).name)
                     self.work.cancel()
                     return
                 self.stopped_by = StopReason.of_signal(signum)

@@ -47,6 +47,11 @@ class Plan:
     sample: dict[str, Any] | None = None
 
     @property
+    def rows_in_input(self) -> int:
+        """Every row of the input (of this shard), whatever becomes of it."""
+        return self.rows_to_label + self.rows_done + self.bad_line_count + self.duplicate_count
+
+    @property
     def clean(self) -> bool:
         return not self.bad_line_count and not self.duplicate_count
 
@@ -106,11 +111,6 @@ async def make_plan(config: JobConfig, defaults: RowDefaults, fingerprint: str) 
                 plan.note(row)
     plan.rows_done = stats.skipped
     return plan
-
-
-async def rows_left(config: JobConfig, defaults: RowDefaults, fingerprint: str) -> int:
-    """After a run stopped at a budget: the rows the next run would label."""
-    return (await make_plan(config, defaults, fingerprint)).rows_to_label
 
 
 def write_plan(path: Path, plan: Plan) -> None:

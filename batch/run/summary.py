@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from batch.core.errors import PromptTruncated
 from batch.core.states import StopReason
 from batch.core.stats import RunStats
+from batch.labelling.budget import FLAGS
 from batch.sink.label_watch import label_lines
 
 PROMPT_TRUNCATED = PromptTruncated.kind
@@ -118,7 +119,6 @@ def build_summary(
     errors_path: Path | None = None,
     host_report: dict[str, dict[str, Any]] | None = None,
     shard: str | None = None,
-    left: dict[str, float | int] | None = None,
 ) -> RunSummary:
     elapsed = stats.elapsed_s
     processed = stats.ok + stats.error
@@ -166,7 +166,6 @@ def build_summary(
         by_host=by_host,
         fatal=fatal,
         stopped_by=stopped_by,
-        left=left,
     )
 
 
@@ -240,7 +239,7 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
     if summary.stopped_by is not None and summary.stopped_by.is_budget:
         rows_left = (summary.left or {}).get("rows", "some")
         lines.append(
-            f"stopped at a budget ({summary.stopped_by}); {rows_left} rows left: "
+            f"stopped at a budget ({FLAGS[summary.stopped_by]}); {rows_left} rows left: "
             "run again to continue"
         )
     elif summary.stopped_by:
