@@ -61,7 +61,7 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
     plan.add_argument(
         "--json", dest="plan_json", type=Path, metavar="FILE", help="write it as JSON"
     )
-    plan.add_argument("--sample", type=int, metavar="N", help="label N rows; project the rest")
+    plan.add_argument("--sample", type=_rows, metavar="N", help="label N rows; project the rest")
     for command in (run, plan):
         command.add_argument("input", type=Path, help="the JSONL file of rows")
         if settings:
@@ -70,6 +70,13 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
     _add_cache(commands)
     add_eval(commands)
     return parser
+
+
+def _rows(text: str) -> int:
+    """A count of rows, 1 or more (argparse names the flag and exits 2 otherwise)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows (1 or more)")
+    return int(text)
 
 
 def _add_settings(command: argparse.ArgumentParser, *, budgets: bool) -> None:

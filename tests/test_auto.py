@@ -215,7 +215,45 @@ def test_a_sample_waits_for_its_rows_however_long_a_reply_takes(
     assert len(output_by_id(rows)) == 2
     printed = capsys.readouterr()
     assert "2 of 2 rows ok" in printed.out
+    assert "at most 2 rows in flight, the run may have" in printed.out  # a pace understated
     assert "max_rows" not in printed.err  # a name the user never typed
+
+
+def test_a_sample_projects_the_rate_its_rows_were_labelled_at(rows: Path) -> None:
+    # 2 slots at 0.2 s a reply: no run gets more than 10 rows/s out of this server, however
+    # many requests it keeps in flight (the limit grows past the slots: they queue).
+    write_rows(rows, 40)
+    with FakeOllama(models=["m"], slots=2, latency=0.2) as fake:
+        code, plan = plan_sample(rows, fake.url, "-q", "--sample", "10")
+        assert code == 0
+    sample = plan["sample"]
+    assert sample["rows_labelled"] == 10
+    assert 0 < sample["projected_rows_per_s"] <= 2 / 0.2
+    # What it measured: the rows it finished over the time it took.
+    assert sample["projected_rows_per_s"] == round(10 / sample["elapsed_s"], 2)
+
+
+def test_a_sample_with_no_row_left_to_label_prints_no_none(
+    rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_rows(rows, 3)
+    with FakeOllama(models=["m"]) as fake:
+        assert run_cli(rows, fake.url) == 0
+        capsys.readouterr()
+        code, plan = plan_sample(rows, fake.url, "-q", "--sample", "2")
+        assert code == 0
+    assert plan["sample"]["rows_labelled"] == 0 and plan["sample"]["rows_left"] == 0
+    out = capsys.readouterr().out
+    assert "sample:" in out and "None" not in out
+
+
+def test_a_sample_of_no_rows_is_a_usage_error(
+    rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", str(write_rows(rows, 3)), "--model", "m", "--sample", "0"])
+    assert exited.value.code == 2
+    assert "--sample: '0' is not a number of rows (1 or more)" in capsys.readouterr().err
 
 
 def test_rows_under_way_when_a_count_budget_is_met_are_written(rows: Path) -> None:

@@ -118,23 +118,19 @@ def write_plan(path: Path, plan: Plan) -> None:
 
 
 def project(sample: RunSummary, rows_left: int) -> dict[str, Any]:
-    """The rest of the rows at the rate the sample's concurrency gives (Little's law: each
-    host completes its concurrency every mean reply time), and at its tokens a row."""
+    """The rest of the rows at the rate the sample's rows finished (its rows over its elapsed
+    time: measured, where a rate inferred from the concurrency limit overstates a server that
+    queues what it cannot run), and at its tokens a row."""
     labelled = sample.rows.ok + sample.rows.error
     tokens = sample.usage.get("input_tokens", 0) + sample.usage.get("output_tokens", 0)
-    requests_per_s = 0.0
-    concurrency: dict[str, int] = {}
-    for name, host in (sample.by_host or {}).items():
-        concurrency[name] = int(host.get("concurrency", 0))
-        if reply_s := host.get("mean_reply_s"):
-            requests_per_s += concurrency[name] / float(reply_s)
-    rows_per_s = requests_per_s * labelled / sample.attempts if sample.attempts else 0.0
+    rows_per_s = labelled / sample.elapsed_s if labelled and sample.elapsed_s else 0.0
+    hosts = (sample.by_host or {}).items()
     return {
         "rows_labelled": labelled,
         "rows_ok": sample.rows.ok,
         "tokens": tokens,
         "elapsed_s": sample.elapsed_s,
-        "concurrency": concurrency,
+        "concurrency": {name: int(host.get("concurrency", 0)) for name, host in hosts},
         "rows_left": rows_left,
         "projected_rows_per_s": round(rows_per_s, 2),
         "projected_seconds": round(rows_left / rows_per_s, 1) if rows_per_s else None,
@@ -144,14 +140,27 @@ def project(sample: RunSummary, rows_left: int) -> dict[str, Any]:
 
 def describe_sample(sample: dict[str, Any]) -> str:
     hosts = ", ".join(f"{name} at {n}" for name, n in sample["concurrency"].items())
-    seconds = sample["projected_seconds"]
-    took = f"{seconds:.0f}s" if seconds is not None else "unknown time"
-    return (
+    measured = (
         f"sample: {sample['rows_ok']} of {sample['rows_labelled']} rows ok, "
         f"{sample['tokens']} tokens, in {sample['elapsed_s']:.1f}s; concurrency found: "
-        f"{hosts or 'none'}\nthe {sample['rows_left']} rows left: about {took} "
-        f"({sample['projected_rows_per_s']} rows/s) and {sample['projected_tokens']} tokens"
+        f"{hosts or 'none'}"
     )
+    left, seconds = sample["rows_left"], sample["projected_seconds"]
+    if not left:
+        return f"{measured}\nno rows left to label"
+    if seconds is None or sample["projected_tokens"] is None:
+        return f"{measured}\nthe {left} rows left: no sample row finished to project them from"
+    projected = (
+        f"{measured}\nthe {left} rows left: about {seconds:.0f}s (at the sample's "
+        f"{sample['projected_rows_per_s']} rows/s) and {sample['projected_tokens']} tokens"
+    )
+    limit = sum(sample["concurrency"].values())
+    if sample["rows_labelled"] < limit:  # the run may keep more in flight than the sample could
+        projected += (
+            f"\n  (the sample had at most {sample['rows_labelled']} rows in flight, the run may "
+            f"have {limit}: --sample {3 * limit} or more measures its pace better)"
+        )
+    return projected
 
 
 def _done_ids(path: Path, codec: RecordCodec) -> IdSet:
