@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -188,20 +189,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_file = args.__dict__.pop("job_file")
     command = args.__dict__.pop("command")
     plan_json, sample = args.__dict__.pop("plan_json", None), args.__dict__.pop("sample", None)
-    _configure_logging(verbose, quiet=bool(getattr(args, "quiet", False)))
+    quiet = bool(getattr(args, "quiet", False))
+    json_lines = _json_logs_asked(args)
+    _configure_logging(verbose, quiet=quiet, json_lines=json_lines)
 
     # Imported here so that `--help` stays fast.
     import anyio
 
     from batch.core.errors import BatchError
+    from batch.core.log_events import event
+    from batch.observe.step_summary import append_run_section
     from batch.run.config import load_config
     from batch.run.flags import given_flags
     from batch.run.pipeline import run_job
     from batch.run.settings import SETTINGS
-    from batch.run.summary import human_summary
+    from batch.run.summary import counts, human_summary
 
     try:
         config = load_config(given_flags(args, SETTINGS), job_file=job_file)
+        if (config.observe.log_format == "json") != json_lines:  # the job file said so
+            json_lines = config.observe.log_format == "json"
+            _configure_logging(verbose, quiet=config.display.quiet, json_lines=json_lines)
         if command == "plan":
             return int(anyio.run(_plan, config, plan_json, sample))
         summary = anyio.run(
@@ -211,13 +219,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted")
         return EXIT_BY_SIGNAL[StopReason.SIGINT]
     except (BatchError, OSError) as exc:
-        log.error("%s", exc)
+        log.error("%s", exc, extra=event("run_failed", exit_code=EXIT_FATAL))
         return EXIT_FATAL
     except Exception as exc:  # the run turns its tasks' errors into one; this is a last guard
-        log.error("%s", _one_message(exc))
+        log.error("%s", _one_message(exc), extra=event("run_failed", exit_code=EXIT_FATAL))
         log.debug("the traceback", exc_info=exc)
         return EXIT_FATAL
-    sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
+    code = _exit_code(summary)
+    if json_lines:
+        log.info("run finished", extra=event("run_finished", exit_code=code, **counts(summary)))
+    else:
+        sys.stderr.write(human_summary(summary, config.summary_path) + "\n")
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        append_run_section(Path(step_summary), summary, code)
+    return code
+
+
+def _exit_code(summary: Any) -> int:
     if summary.stopped_by is not None and summary.stopped_by.is_budget:
         return EXIT_BUDGET
     if summary.stopped_by is not None:
@@ -263,11 +281,28 @@ async def _plan(config: Any, json_path: Path | None, sample: int | None) -> int:
     return EXIT_OK if plan.clean else EXIT_ROWS_FAILED
 
 
-def _configure_logging(verbose: bool, *, quiet: bool) -> None:
+def _configure_logging(verbose: bool, *, quiet: bool, json_lines: bool = False) -> None:
+    """Human lines, or with `json_lines` one JSON object a line (`--log-format json`), where
+    the per-row events of `batch.events` are shown too."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if json_lines and not verbose:  # a machine reads it: -q only leaves out progress events
+        level = logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    if json_lines:
+        from batch.observe.json_logs import JsonLines
+
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("batch")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    logging.getLogger("batch.events").setLevel(logging.NOTSET if json_lines else logging.CRITICAL)
+
+
+def _json_logs_asked(args: argparse.Namespace) -> bool:
+    """--log-format json, or BATCH_LOG_FORMAT=json: known before the settings are read, so
+    that a refusal of the settings is a JSON line too (a job file's value applies after)."""
+    given = getattr(args, "log_format", None) or os.environ.get("BATCH_LOG_FORMAT", "")
+    return given.strip().lower() == "json"

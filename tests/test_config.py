@@ -122,7 +122,18 @@ def test_every_placeholder_in_run_help_names_a_kind_of_value(
         main(["run", "--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]
     placeholders = set(re.findall(r"[-\w]+ ([A-Z][A-Z_]+)\b", usage))
-    assert placeholders <= {"FILE", "N", "URL", "TEXT", "SECONDS", "DURATION", "MODEL", "P", "KEY"}
+    assert placeholders <= {
+        "FILE",
+        "N",
+        "URL",
+        "TEXT",
+        "SECONDS",
+        "DURATION",
+        "MODEL",
+        "P",
+        "KEY",
+        "NAME",
+    }
 
 
 def test_host_and_model_help_name_the_embedded_model_and_a_hosts_own_concurrency(

@@ -57,6 +57,7 @@ class Completion:
     context_length: int | None = None
     host: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # when asked for and the server gave them
+    model: str | None = None  # the model that answered, as the server names it
 
 
 ECHO_CHARS = 1200  # of a bad reply, echoed on a re-ask: its start and its end

@@ -105,6 +105,7 @@ class RowFailure(BatchError):
     failure copied from an output line (`batch.reuse.dedup`), the type that line recorded."""
 
     kind: str = ErrorKind.ERROR
+    host: str | None = None  # the host that failed it, when one did (set by the host pool)
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

@@ -58,6 +58,7 @@ class RowResult:
     row: Row
     output: Any = None
     failure: RowFailure | None = None
+    trace_id: str | None = None  # with OpenTelemetry: the row's trace
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
     retries: list[Cause] = field(default_factory=list)  # the cause of each retry

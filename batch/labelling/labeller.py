@@ -22,12 +22,14 @@ from batch.core.errors import (
     BadInput,
     BatchError,
     Cause,
+    ErrorKind,
     InvalidOutput,
     PromptTruncated,
     Retryable,
     RowFailure,
     Unexpected,
 )
+from batch.core.events import NO_EVENTS, AttemptSeen, RowSeen, RunEvents
 from batch.core.images import attach_images, has_images
 from batch.core.jsontext import MAX_REPLY_CHARS
 from batch.core.rows import Row, RowResult
@@ -56,9 +58,12 @@ class Labeller:
     """Labels rows through a backend (the host pool, or a test double) under one retry
     policy; each row is checked against its own schema (`Row.schema`)."""
 
-    def __init__(self, backend: Backend, policy: RetryPolicy) -> None:
+    def __init__(
+        self, backend: Backend, policy: RetryPolicy, events: RunEvents = NO_EVENTS
+    ) -> None:
         self._backend = backend
         self._policy = policy
+        self._events = events  # metrics and traces: a row and each attempt
 
     async def label(self, row: Row) -> RowResult:
         result = RowResult(row)
@@ -74,13 +79,27 @@ class Labeller:
             except BadInput as failure:
                 result.failure = failure.at_line(row.line)
                 return result
+        with self._events.row(row) as seen:
+            await self._attempts(row, base, result, schema, seen)
+            seen.finished(result)
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    async def _attempts(
+        self,
+        row: Row,
+        base: ChatRequest,
+        result: RowResult,
+        schema: OutputSchema | None,
+        seen: RowSeen,
+    ) -> None:
         try:
             try:
                 # Most rows need one attempt: it goes out without the retry loop, whose set-up
                 # and bookkeeping cost more CPU than the rest of a row's own work (measured).
-                result.output = await self._try(base, result, schema)
+                result.output = await self._try(base, result, schema, seen)
             except Retryable as first:
-                await self._retry(row, base, first, result, schema)
+                await self._retry(row, base, first, result, schema, seen)
         except RowFailure as failure:
             result.failure = failure
         except BatchError:  # the run's trouble (fatal, config), not this row's
@@ -90,8 +109,6 @@ class Labeller:
             result.failure = Unexpected(
                 f"unexpected {type(exc).__name__}: {exc} (a bug: run with -v for the traceback)"
             )
-        result.elapsed_s = time.monotonic() - started
-        return result
 
     async def _retry(
         self,
@@ -100,6 +117,7 @@ class Labeller:
         first: Retryable,
         result: RowResult,
         schema: OutputSchema | None,
+        seen: RowSeen,
     ) -> None:
         """The attempts after a failed first one, under the retry policy. The first failure is
         replayed into the loop (not sent again), so that the waits and the attempt budget are
@@ -129,25 +147,37 @@ class Labeller:
                         {"role": "user", "content": last.feedback},
                     ]
                     request = replace(base, messages=[*base.messages, *feedback])
-                result.output = await self._try(request, result, schema)
+                result.output = await self._try(request, result, schema, seen)
 
     async def _try(
-        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
+        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None, seen: RowSeen
     ) -> Any:
         """One attempt, counted; its failure is kept on `result` and raised."""
         result.attempts += 1
-        try:
-            output = await self._attempt(request, result, schema)
-        except RowFailure as failure:
-            result.failure = failure
-            raise
+        with seen.attempt(request) as attempt:
+            try:
+                output = await self._attempt(request, result, schema, attempt)
+            except RowFailure as failure:
+                attempt.failed(_error_type(failure), failure.host)
+                result.failure = failure
+                raise
+            except BatchError:  # the run's trouble (a budget, a fatal error): no attempt made
+                raise
+            except Exception:  # a bug: the row fails as `internal`, and the attempt counts
+                attempt.failed(ErrorKind.INTERNAL, None)
+                raise
         result.failure = None
         return output
 
     async def _attempt(
-        self, request: ChatRequest, result: RowResult, schema: OutputSchema | None
+        self,
+        request: ChatRequest,
+        result: RowResult,
+        schema: OutputSchema | None,
+        attempt: AttemptSeen,
     ) -> Any:
         completion = await self._backend.chat(request)
+        attempt.replied(completion)
         result.host = completion.host
         result.usage.add(completion.usage)
         result.done_reason = completion.done_reason
@@ -167,6 +197,11 @@ class Labeller:
                 feedback="Your reply was cut off. Reply again with a shorter JSON object.",
             )
         return schema.validate(completion.content)
+
+
+def _error_type(failure: RowFailure) -> str:
+    """A failed attempt's type for metrics and traces: its cause, else its kind."""
+    return str(getattr(failure, "cause", None) or failure.kind)
 
 
 def _check_size(content: str) -> None:

@@ -28,6 +28,7 @@ from batch.run.settings import (
     DisplaySettings,
     FileSettings,
     HostSettings,
+    ObserveSettings,
     PromptSettings,
     QualitySettings,
     RetrySettings,
@@ -59,6 +60,7 @@ class JobConfig(BaseModel):
     access: AccessTlsSettings = Field(default_factory=AccessTlsSettings)
     sharding: ShardSettings = Field(default_factory=ShardSettings)
     display: DisplaySettings = Field(default_factory=DisplaySettings)
+    observe: ObserveSettings = Field(default_factory=ObserveSettings)
 
     def __init__(self, **settings: Any) -> None:
         """Settings flat (`model="llama3.2"`) or by group (`prompt=PromptSettings(...)`)."""

@@ -24,6 +24,7 @@ from batch.core.chat import Backend
 from batch.core.errors import BatchError, FatalRunError, ModelMissing, SettingsChanged
 from batch.core.idset import IdSet
 from batch.core.images import ImagePolicy
+from batch.core.log_events import FIELDS, event
 from batch.core.rows import Row, RowDefaults, RowResult
 from batch.core.schema import OutputSchema, load_schema
 from batch.core.states import StopReason
@@ -36,6 +37,7 @@ from batch.reuse.cache import AnswerCache
 from batch.reuse.dedup import ReusingLabeller
 from batch.run.changed import recorded_settings, refusal
 from batch.run.config import JobConfig
+from batch.run.observing import EXPORT_EVERY_S, Observers, open_observers
 from batch.run.plan import make_plan
 from batch.run.progress import show_progress
 from batch.run.summary import RunSummary, build_summary, write_summary
@@ -109,9 +111,13 @@ async def _run_job(
     budget = Budget(budgets or config.budgets.limits())
     pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
-    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
+    observers = open_observers(config, stats, pool.hosts)
+    parts = (pool, watch, cache, opener, budget, observers)
+    run = _assemble(config, stats, codec, done, schema, *parts)
     model = config.prompt.model or "the model each row names"
-    log.info("labelling %s with %s on %s", config.input, model, pool.name)
+    started = event("run_started", input=str(config.input), model=config.prompt.model)
+    started[FIELDS].update(hosts=pool.names, output=str(config.output_path))
+    log.info("labelling %s with %s on %s", config.input, model, pool.name, extra=started)
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
     try:
@@ -127,26 +133,49 @@ async def _run_job(
         if run.fatal is not None:
             run.fatal = _explained(config, run, run.fatal)
             await anyio.to_thread.run_sync(drop_if_empty, config.output_path)
-        summary = build_summary(
-            stats,
-            input_path=config.input,
-            output_path=config.output_path,
-            fingerprint=codec.fingerprint,
-            settings=recorded_settings(config, schema),
-            hosts=pool.names,
-            model=config.prompt.model,
-            fatal=str(run.fatal) if run.fatal else None,
-            stopped_by=run.stopped_by,
-            errors_path=config.files.errors_file,
-            host_report=pool.report(),
-            shard=config.sharding.shard,
-        ).model_copy(update=watch.summary_fields())
-        # After the summary's clock stopped: the count of rows left is no part of the run.
-        summary = await _after_budget(
-            summary, config, run, row_defaults(config, schema), codec.fingerprint
-        )
+        summary = await _summarize(config, stats, codec, schema, pool, watch, run)
         unwritten = await _write_summary(config.summary_path, summary)
+        # Exit 0 (the CLI's rule): the last success a metrics exporter may stamp.
+        succeeded = summary.complete and not summary.rows.error and unwritten is None
+        await observers.finish(succeeded=succeeded, status=_status(summary, run))
     return _outcome(summary, run.fatal, unwritten)
+
+
+async def _summarize(
+    config: JobConfig,
+    stats: RunStats,
+    codec: RecordCodec,
+    schema: OutputSchema | None,
+    pool: HostPool,
+    watch: LabelWatch,
+    run: _Run,
+) -> RunSummary:
+    summary = build_summary(
+        stats,
+        input_path=config.input,
+        output_path=config.output_path,
+        fingerprint=codec.fingerprint,
+        settings=recorded_settings(config, schema),
+        hosts=pool.names,
+        model=config.prompt.model,
+        fatal=str(run.fatal) if run.fatal else None,
+        stopped_by=run.stopped_by,
+        errors_path=config.files.errors_file,
+        host_report=pool.report(),
+        shard=config.sharding.shard,
+    ).model_copy(update=watch.summary_fields())
+    # After the summary's clock stopped: the count of rows left is no part of the run.
+    return await _after_budget(
+        summary, config, run, row_defaults(config, schema), codec.fingerprint
+    )
+
+
+def _status(summary: RunSummary, run: _Run) -> str:
+    if run.fatal is not None:
+        return "fatal"
+    if summary.stopped_by is not None:
+        return f"stopped: {summary.stopped_by}"
+    return "failed rows" if summary.rows.error else "ok"
 
 
 def _assemble(
@@ -160,6 +189,7 @@ def _assemble(
     cache: AnswerCache | None,
     opener: Opener,
     budget: Budget,
+    observers: Observers,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
     window = ReorderWindow[Item]() if config.files.ordered else None
@@ -169,6 +199,7 @@ def _assemble(
         RetryPolicy(
             config.retries.max_attempts, config.retries.backoff, config.retries.backoff_max
         ),
+        observers.events,
     )
     return _Run(
         source=RowSource(
@@ -190,12 +221,15 @@ def _assemble(
         grace_period=config.retries.grace_period,
         window=window,
         budget=budget,
+        observers=observers,
     )
 
 
 def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
     shards = config.shard_spec.count if config.shard_spec else 1
-    return partial(show_progress, stats, config.input, config.display.log_every, pool.hosts, shards)
+    lines = config.observe.log_format == "json"  # a bar is not a JSON line
+    every = config.display.log_every
+    return partial(show_progress, stats, config.input, every, pool.hosts, shards, lines)
 
 
 def _explained(config: JobConfig, run: _Run, fatal: BatchError) -> BatchError:
@@ -290,6 +324,7 @@ class _Run:
     fatal: BatchError | None = None
     stopped_by: StopReason | None = None
     budget: Budget = field(default_factory=lambda: Budget(Budgets()))
+    observers: Observers = field(default_factory=Observers)
 
     def stop(self) -> None:
         """Take no new rows."""
@@ -314,16 +349,19 @@ class _Run:
         assert self.stopped_by is not None
         budgets, grace = self.budget.budgets, self.grace_period
         named = budgets.named(self.stopped_by)
+        stop = event("budget_stop", budget=named)
         if self.stopped_by == StopReason.DEADLINE:
-            log.warning("%s is near: taking no new rows; rows under way get %gs more", named, grace)
+            message = "%s is near: taking no new rows; rows under way get %gs more"
+            log.warning(message, named, grace, extra=stop)
             return
         by = ""
         if budgets.deadline is not None:
             by = f" (by {budgets.named(StopReason.DEADLINE)} and {grace:g}s past it)"
         if self.stopped_by == StopReason.MAX_ROWS:  # `plan --sample N`: it waits, as it should
-            log.info("%s: waiting for the sample's rows to finish%s", named, by)
+            log.info("%s: waiting for the sample's rows to finish%s", named, by, extra=stop)
         else:
-            log.warning("%s is met: taking no new rows; rows under way finish%s", named, by)
+            message = "%s is met: taking no new rows; rows under way finish%s"
+            log.warning(message, named, by, extra=stop)
 
     async def execute(self, *, handle_signals: bool, progress: Progress | None) -> None:
         # Twice the slots: while some rows sleep before a retry, others keep every slot busy.
@@ -355,6 +393,9 @@ class _Run:
                     tg.start_soon(self._at_deadline, seconds)
                 if progress is not None:
                     tg.start_soon(self._show, progress)
+                if (left := self.observers.rows_left) is not None:
+                    tg.start_soon(left.count)
+                tg.start_soon(self.observers.every_while, EXPORT_EVERY_S)
 
     async def _show(self, progress: Progress) -> None:
         try:

@@ -10,6 +10,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from rich.console import Console
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from batch.core.log_events import event
 from batch.core.stats import RunStats
 from batch.serving.hosts import Host
 from batch.source.reader import count_lines
@@ -34,7 +36,9 @@ async def show_progress(
     log_every: float,
     hosts: Sequence[Host] = (),
     shards: int = 1,
+    lines: bool = False,
 ) -> None:
+    """A bar on a terminal, else (or with `lines`: JSON logs) a line every `log_every` s."""
     total: int | None = None
 
     async def count() -> None:
@@ -44,7 +48,7 @@ async def show_progress(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(count)
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not lines:
             await _bar(stats, lambda: total, hosts)
         else:
             await _log_lines(stats, lambda: total, log_every, hosts)
@@ -132,6 +136,8 @@ async def _log_lines(
     while True:
         await anyio.sleep(every)
         rate = recent.add(stats.elapsed_s, stats.ok + stats.error)
+        figures: dict[str, Any] = {"done": stats.done, "total": total(), "ok": stats.ok}
+        figures.update(failed=stats.error, skipped=stats.skipped, rows_per_s=round(rate, 2))
         log.info(
             "progress: %d/%s rows (ok %d, failed %d, skipped %d), %.1f rows/s, ETA %s, "
             "%d retries%s, %s",
@@ -145,6 +151,7 @@ async def _log_lines(
             sum(stats.retries.values()),
             _hosts_up(hosts),
             _concurrency(hosts),
+            extra=event("progress", **figures),
         )
         if len(hosts) > 1:
             log.info("rows ok by host: %s", _per_host(stats, hosts))

@@ -552,6 +552,90 @@ class DisplaySettings(SettingsGroup):
     ] = 10.0
 
 
+class ObserveSettings(SettingsGroup):
+    title = "metrics, traces and logs (see docs/observe.md)"
+
+    metrics_textfile: Annotated[
+        Path | None,
+        Flag(
+            ("--metrics-textfile",),
+            "write Prometheus metrics here for node_exporter's textfile collector, during the "
+            "run and at its end",
+            metavar="FILE",
+            type=Path,
+            relative="path",
+        ),
+    ] = None
+    pushgateway: Annotated[
+        str | None,
+        Flag(
+            ("--pushgateway",),
+            "push Prometheus metrics to this Pushgateway during the run and at its end",
+            metavar="URL",
+        ),
+    ] = None
+    metrics_job: Annotated[
+        str,
+        Field(min_length=1),
+        Flag(("--metrics-job",), "the Pushgateway's job label (default batch)", metavar="NAME"),
+    ] = "batch"
+    metrics_port: Annotated[
+        str | None,
+        Flag(
+            ("--metrics-port",),
+            "serve a live Prometheus /metrics while the run lasts",
+            metavar="[ADDR:]PORT",
+        ),
+    ] = None
+    otel: Annotated[
+        bool,
+        Flag(
+            ("--otel",),
+            "export OpenTelemetry traces and metrics over OTLP (on by itself when "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+            action="store_true",
+        ),
+    ] = False
+    log_format: Annotated[
+        Literal["human", "json"],
+        Flag(
+            ("--log-format",),
+            "human (default), or json: one JSON object a stderr line, each with an event",
+            choices=("human", "json"),
+        ),
+    ] = "human"
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _gateway_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not a URL: give http://HOST:9091")
+        return value
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        return None if self.metrics_port is None else parse_listen(self.metrics_port)
+
+    @property
+    def metrics_wanted(self) -> bool:
+        return any((self.metrics_textfile, self.pushgateway, self.metrics_port))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`[ADDR:]PORT` -> (address, port); every interface when no address is given."""
+    address, _, port = text.strip().rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not [ADDR:]PORT: give e.g. 9464 or 127.0.0.1:9464")
+    return address.strip("[]") or "0.0.0.0", int(port)
+
+
 # JobConfig's attribute for each group, in the order `--help` shows them.
 GROUPS: dict[str, type[SettingsGroup]] = {
     "files": FileSettings,
@@ -564,5 +648,6 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "access": AccessTlsSettings,
     "sharding": ShardSettings,
     "display": DisplaySettings,
+    "observe": ObserveSettings,
 }
 SETTINGS: dict[str, Setting] = settings_of(GROUPS)

@@ -204,6 +204,20 @@ def concurrency_text(host: dict[str, Any]) -> str:
     return f"auto, {where}, now {host.get('concurrency')}"
 
 
+def counts(summary: RunSummary) -> dict[str, Any]:
+    """The figures of the `run_finished` event (`--log-format json`)."""
+    return {
+        "rows": summary.rows.model_dump(),
+        "usage": summary.usage,
+        "attempts": summary.attempts,
+        "retries": summary.retries.total,
+        "elapsed_s": summary.elapsed_s,
+        "complete": summary.complete,
+        "stopped_by": summary.stopped_by,
+        "output": summary.output,
+    }
+
+
 def human_summary(summary: RunSummary, summary_path: Path) -> str:
     rows, usage = summary.rows, summary.usage
     lines = [

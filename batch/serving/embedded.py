@@ -310,6 +310,7 @@ class EmbeddedBackend:
             usage=Usage(1, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             durations_ns={k: v for k, v in durations.items() if v},
             logprobs=response.get(LOGPROBS),
+            model=self._model_name,
         )
 
 

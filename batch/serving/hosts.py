@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from batch.core.chat import Backend
 from batch.core.errors import Cause, Transient
+from batch.core.log_events import event, events_log
 from batch.serving.access import display_host, host_key
 from batch.serving.limits import FixedLimit, Limit
 
@@ -134,7 +135,16 @@ class Host:
         self.reply_seconds += rtt
         limit = self.concurrency.current
         self.concurrency.replied(rtt, in_flight, wait)
-        return self.concurrency.current > limit
+        if (now := self.concurrency.current) != limit:
+            _limit_changed(self.name, limit, now, "replies")
+        return now > limit
+
+    def overloaded(self, sent_at: float) -> None:
+        """The host said it is busy (or timed out): its limit may shrink."""
+        limit = self.concurrency.current
+        self.concurrency.overloaded(sent_at)
+        if (now := self.concurrency.current) != limit:
+            _limit_changed(self.name, limit, now, "overloaded")
 
     def leave_out(self, model: str) -> bool:
         """This host lacks `model`: its rows go elsewhere. True the first time it is told."""
@@ -239,3 +249,10 @@ class Host:
             if self.completed
             else None,
         }
+
+
+def _limit_changed(host: str, was: int, now: int, why: str) -> None:
+    fields = {"host": host, "was": was, "now": now, "why": why}
+    events_log.info(
+        "%s: concurrency %d -> %d", host, was, now, extra=event("limit_changed", **fields)
+    )

@@ -158,6 +158,7 @@ class OllamaBackend:
             durations_ns=durations,
             context_length=await self._models.context_length(request.model, request.options),
             logprobs=_token_logprobs(response),
+            model=response.model,
         )
 
     async def _first_use(self, model: str, facts: ModelFacts) -> None:

@@ -20,7 +20,8 @@ from typing import Protocol
 import anyio
 
 from batch.core.chat import Backend, ChatRequest, Completion, Usage
-from batch.core.errors import Cause, FatalRunError, ModelMissing, Transient
+from batch.core.errors import Cause, FatalRunError, ModelMissing, RowFailure, Transient
+from batch.core.log_events import event
 from batch.serving.hosts import Host, HostPolicy, Probed
 from batch.serving.limits import OVERLOAD_CAUSES, Limit, server_wait
 
@@ -92,13 +93,15 @@ class HostPool:
                 host.sending()
                 completion = await host.backend.chat(request)
             except Transient as failure:
+                failure.host = host.name
                 if failure.cause in OVERLOAD_CAUSES:
-                    host.concurrency.overloaded(sent_at)
+                    host.overloaded(sent_at)
                 if host.failed(failure):
                     log.warning(
                         "%s is out of rotation (%s); its rows go to the other hosts",
                         host.name,
                         failure.message,
+                        extra=event("host_down", host=host.name, cause=failure.cause),
                     )
                     self._wake(everyone=True)
                 if failure.cause == Cause.CONNECT:
@@ -107,6 +110,9 @@ class HostPool:
             except ModelMissing as missing:
                 self._left_out(host, missing)
                 continue
+            except RowFailure as failure:  # refused: the metrics count it against the host
+                failure.host = host.name
+                raise
             finally:
                 host.release_slot()
                 self._wake(everyone=bool(host.lacks))
@@ -156,7 +162,11 @@ class HostPool:
         was_lost = host.lost
         host.probed(answered)
         if answered:
-            log.warning("%s answers again: back in rotation", host.name)
+            log.warning(
+                "%s answers again: back in rotation",
+                host.name,
+                extra=event("host_up", host=host.name),
+            )
         elif host.lost and not was_lost:
             log.warning(
                 "%s still fails after %d tries (%s): probing it now and then",

@@ -14,6 +14,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batch.core.errors import FatalRunError
+from batch.core.log_events import event, events_log
 from batch.core.rows import RowResult, id_key
 from batch.core.stats import RunStats
 from batch.core.window import ReorderWindow
@@ -88,6 +89,8 @@ class ResultSink:
                     self._stats.count(done)
                     if done.row.replaces:
                         self.changes.mark(id_key(done.row.id))
+                    if done.failure is not None:
+                        _row_failed(done)
                 flushed = anyio.current_time()
             if self._window is not None:  # rows after one a stopped run never finished
                 await _emit(output, errors, self._window.rest())
@@ -122,3 +125,15 @@ async def _emit(output: OutputWriter, errors: OutputWriter, items: list[Item]) -
         else:
             await output.write([line for line, failed in items if not failed])
             await errors.write([line for line, failed in items if failed])
+
+
+def _row_failed(result: RowResult) -> None:
+    """An event for the JSON log (the human log leaves `batch.events` quiet)."""
+    failure = result.failure
+    assert failure is not None
+    cause = getattr(failure, "cause", None) or failure.kind
+    fields = {"id": result.row.id, "line": result.row.line, "cause": str(cause)}
+    fields["attempts"] = result.attempts
+    events_log.warning(
+        "line %d failed: %s", result.row.line, cause, extra=event("row_failed", **fields)
+    )

@@ -202,6 +202,8 @@ class FakeOllama:
         self.token_logprob: Callable[[str], float] | None = default_token_logprob
         self.requests: list[dict[str, Any]] = []
         self.loads: list[dict[str, Any]] = []  # bodies of load-only requests, kept apart
+        self.traceparents: list[str | None] = []
+        """Each recorded request's W3C `traceparent` header (None: it had none)."""
         self.request_count = 0
         """Chat/generate requests that arrived, load-only ones (no prompt) apart."""
         self.load_requests = 0
@@ -698,6 +700,8 @@ class FakeOllama:
         if isinstance(body, str):
             return _wire.error_response(400, body)
         self.record(body, load_only=load_only)
+        if self.record_requests and not load_only:
+            self.traceparents.append(request.headers.get("traceparent"))
         problem = _wire.check_fields(body, struct)
         if problem is not None:
             return _wire.error_response(400, problem)
