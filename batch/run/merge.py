@@ -20,12 +20,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from batch.core.errors import ConfigError
-from batch.core.rows import RowDefaults, id_key
+from batch.core.rows import RowDefaults, id_key, id_of_record
 from batch.run.summary import Retries, RunSummary
 from batch.sink.records import native_view
 from batch.source.builder import RowBuilder
 from batch.source.reader import BOM
-from batch.source.shards import row_key
+from batch.source.shards import row_id
 
 SHOWN = 20  # ids named in the message; the summary lists them all
 _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.out\.jsonl$")
@@ -101,9 +101,10 @@ def merge_shards(
     shown_id: dict[str, Any] = {}
     builder = RowBuilder(RowDefaults(model=None, options={}))
     for number, raw in _input_lines(input_path):
-        key = row_key(builder, number, raw)
+        given = row_id(builder, number, raw)
+        key = id_key(given)
         expected[key] += 1
-        shown_id.setdefault(key, _id_of_key(key))
+        shown_id.setdefault(key, given)
     report = MergeReport(expected=sum(expected.values()))
     found: Counter[str] = Counter()
     scratch = merged_path.with_name(merged_path.name + ".tmp")
@@ -114,9 +115,10 @@ def merge_shards(
                     if not raw.endswith(b"\n"):
                         continue  # a partial last line of a killed run: not a row
                     record, _ = native_view(json.loads(raw))
-                    key = id_key(record["id"])
+                    written = id_of_record(record)
+                    key = id_key(written) if written is not None else f"?{record.get('id')!r}"
                     found[key] += 1
-                    shown_id.setdefault(key, record["id"])
+                    shown_id.setdefault(key, written)
                     report.merged += 1
                     if record.get("status") == "ok":
                         report.ok += 1
@@ -139,10 +141,6 @@ def _input_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 raw = raw.removeprefix(BOM)
             if raw.strip():
                 yield number, raw
-
-
-def _id_of_key(key: str) -> Any:
-    return int(key[1:]) if key.startswith("i") else key[1:]
 
 
 class MergedRows(BaseModel):
