@@ -66,6 +66,11 @@ def parse_shard(text: str) -> Shard:
     if not (sep and index.isdigit() and count.isdigit()):
         raise ValueError(f"{text!r}: write the shard as K/N, e.g. 0/4 for the first of four")
     shard = Shard(int(index), int(count))
+    if shard.count == 0:
+        raise ValueError(
+            f"{text!r}: N, the number of shards, is at least 1: write the shard as K/N, "
+            "e.g. 0/4 for the first of four"
+        )
     if not 0 <= shard.index < shard.count:
         last = f"{shard.count - 1}/{shard.count}"
         raise ValueError(
