@@ -147,3 +147,14 @@ def test_an_output_written_before_ids_and_lines_were_kept_apart_resumes(
     assert run(path, fake) == 0
     assert fake.request_count == 5  # nothing labelled again
     assert out.read_text() == old
+
+
+def test_the_review_file_keeps_a_row_without_an_id_apart(tmp_path: Path, fake: FakeOllama) -> None:
+    path = write(tmp_path / "in.jsonl", [{"id": 2, "prompt": "given"}, {"prompt": "line 2"}])
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"label": {"enum": ["a", "b"]}}}))
+    review = tmp_path / "review.jsonl"
+    flags = ["--schema", str(schema), "--review-below", "1", "--review-file", str(review)]
+    assert run(path, fake, *flags) == 0
+    sent = sorted((r["id"], r.get("id_from_line", False)) for r in read_jsonl(review))
+    assert sent == [(2, False), (2, True)]
