@@ -227,8 +227,8 @@ def test_a_shard_count_of_zero_is_a_plain_usage_error(
     path = write_rows(tmp_path / "in.jsonl", [1])
     assert main(["run", str(path), "--model", "m", "--shard", "1/0", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "--shard" in err and "'1/0': N, the number of shards, is at least 1" in err
-    assert "-1/0" not in err
+    assert "--shard (from --shard): '1/0': N, the number of shards, is at least 1" in err
+    assert "-1/0" not in err and "Value error" not in err
 
 
 def test_merge_warns_of_a_repeated_id_and_keeps_rows_without_an_id_apart(
