@@ -127,19 +127,21 @@ def _merge(args: argparse.Namespace) -> int:
     from batch.sink.lock import hold_outputs
 
     plain = JobConfig(input=args.input, output=args.output)
-    outputs = args.shards or shard_outputs_beside(args.input)
-    try:  # the shards' outputs too: a live shard is still writing its own
+    try:
+        outputs = args.shards or shard_outputs_beside(args.input)
+        # The shards' outputs too: a live shard is still writing its own.
         with hold_outputs([plain.output_path, *outputs]):
             report = merge_shards(args.input, outputs, plain.output_path, plain.summary_path)
     except (BatchError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_FATAL
+    if not report.exact:
+        sys.stderr.write(f"{report.describe()}\nnothing written: no merged output, no summary\n")
+        return EXIT_FATAL
     sys.stderr.write(
         f"{report.describe()}\nmerged {len(outputs)} shard outputs into {plain.output_path}; "
         f"summary: {plain.summary_path}\n"
     )
-    if not report.exact:
-        return EXIT_FATAL
     return EXIT_ROWS_FAILED if report.error else EXIT_OK
 
 

@@ -143,7 +143,10 @@ def test_a_repeated_id_is_refused_on_its_later_line_whether_it_changed_or_not(
     records = read_jsonl(tmp_path / "in.out.jsonl")
     refused = sorted((r["id"], r["line"], r["error"]["message"]) for r in records if "error" in r)
     assert [(row_id, line) for row_id, line, _ in refused] == [("r2", 3), ("r3", 5)]
-    assert all("already used by an earlier line" in message for *_, message in refused)
+    assert [message.split(";")[0] for *_, message in refused] == [
+        "line 3: id 'r2' was already used by line 2",
+        "line 5: id 'r3' was already used by line 4",
+    ]
 
 
 def test_a_rerun_of_many_rows_finds_the_few_that_changed(

@@ -183,3 +183,74 @@ def test_merge_without_shard_outputs_says_what_it_looked_for(
     path = write_rows(tmp_path / "in.jsonl", [1])
     assert main(["merge", str(path)]) == 2
     assert "in.shard-0-of-4.out.jsonl" in capsys.readouterr().err
+
+
+def test_merge_refuses_leftover_shards_of_another_count_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", list(range(30)))
+    with FakeOllama(models=["m"]) as fake:
+        for shard in ("0/2", "0/3", "1/3", "2/3"):  # 0/2 is left from an earlier split
+            assert run_shard(path, fake, shard) == 0
+    capsys.readouterr()
+    assert main(["merge", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the shard outputs of 2 splits: into 2 (in.shard-0-of-2.out.jsonl); into 3 (" in err
+    assert not (tmp_path / "in.out.jsonl").exists()
+    assert not (tmp_path / "in.out.summary.json").exists()
+    threes = [str(tmp_path / f"in.shard-{k}-of-3.out.jsonl") for k in range(3)]
+    assert main(["merge", str(path), *threes]) == 0  # named, they merge
+    assert "30 rows merged of 30" in capsys.readouterr().err
+
+
+def test_merge_names_a_missing_shard_and_writes_no_merged_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", list(range(30)))
+    merged = tmp_path / "in.out.jsonl"
+    with FakeOllama(models=["m"]) as fake:
+        for shard in ("0/3", "1/3"):
+            assert run_shard(path, fake, shard) == 0
+        capsys.readouterr()
+        assert main(["merge", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "shard 2 of 3" in err and "--shard 2/3" in err
+        assert not merged.exists()
+        assert run_shard(path, fake, "2/3") == 0
+    assert main(["merge", str(path)]) == 0
+    assert sorted(ids_in(merged)) == list(range(30))
+
+
+def test_a_shard_count_of_zero_is_a_plain_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_rows(tmp_path / "in.jsonl", [1])
+    assert main(["run", str(path), "--model", "m", "--shard", "1/0", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--shard (from --shard): '1/0': N, the number of shards, is at least 1" in err
+    assert "-1/0" not in err and "Value error" not in err
+
+
+def test_merge_warns_of_a_repeated_id_and_keeps_rows_without_an_id_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "in.jsonl"
+    # Ids 5 to 12 on lines 1 to 8; lines 9 to 12 give no id; line 13 repeats id 7.
+    rows: list[dict[str, Any]] = [{"id": n, "prompt": f"row {n}"} for n in range(5, 13)]
+    rows += [{"prompt": f"no id {n}"} for n in range(4)] + [{"id": 7, "prompt": "again"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with FakeOllama(models=["m"]) as fake:
+        for k in range(2):
+            run_shard(path, fake, f"{k}/2")
+    capsys.readouterr()
+    assert main(["merge", str(path)]) == 1  # every row there once; the repeat failed
+    err = capsys.readouterr().err
+    assert "13 rows merged of 13" in err
+    assert "id 7 is on lines 3 and 13 of the input" in err
+    merged = [json.loads(line) for line in (tmp_path / "in.out.jsonl").read_text().splitlines()]
+    assert sorted(r["line"] for r in merged) == list(range(1, 14))
+    for k in range(2):  # as batch wrote them before rows without an id were marked
+        out = tmp_path / f"in.shard-{k}-of-2.out.jsonl"
+        out.write_text(out.read_text().replace(',"id_from_line":true', ""))
+    assert main(["merge", str(path)]) == 1
+    assert "13 rows merged of 13" in capsys.readouterr().err

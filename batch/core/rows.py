@@ -15,12 +15,37 @@ from batch.core.errors import BadInput, Cause, RowFailure
 from batch.core.images import ImagePolicy
 from batch.core.schema import OutputSchema
 
-RowId = str | int
+
+class LineId(int):
+    """The id of a row that gives none (or whose line cannot be read): its line number. Written
+    as that number, marked `"id_from_line": true` (`ID_FROM_LINE`), and kept apart from the ids
+    rows give by `id_key`: a row without an id on line 2 and a row with `"id": 2` are two rows.
+    As an `int` it equals the number: compare ids by `id_key`."""
+
+    __slots__ = ()
+
+
+RowId = str | int  # an int may be a `LineId`
+ID_FROM_LINE = "id_from_line"  # the output key that marks a `LineId`
 
 
 def id_key(row_id: RowId) -> str:
-    """One spelling per id, so that 7 and "7" stay different rows."""
-    return f"i{row_id}" if isinstance(row_id, int) else f"s{row_id}"
+    """One spelling per id, so that 7, "7" and line 7 stay different rows."""
+    if isinstance(row_id, int):
+        return f"l{row_id}" if isinstance(row_id, LineId) else f"i{row_id}"
+    return f"s{row_id}"
+
+
+def id_of_record(record: dict[str, Any]) -> RowId | None:
+    """The row id an output record (`batch.sink.records.native_record`) was written for; None
+    when it holds no usable one. An integer id is a `LineId` when the record says so: a record
+    written before the mark existed reads as the id a row gave."""
+    value = record.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    if isinstance(value, int) and record.get(ID_FROM_LINE) is True:
+        return LineId(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

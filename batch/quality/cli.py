@@ -77,6 +77,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except (EvalInputError, GateSpecError, OSError) as exc:
         sys.stderr.write(f"batch eval: {exc}\n")
         return EXIT_USAGE
+    for warning in report.warnings:
+        sys.stderr.write(f"batch eval: warning: {warning}\n")
     sys.stdout.write(render_text(report) + "\n")
     for result in report.gates:
         if not result.passed:

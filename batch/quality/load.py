@@ -2,8 +2,11 @@
 their rows by id.
 
 Ids are matched as text: OpenAI's `custom_id` is always a string, so a gold row `{"id": 7}`
-must meet the output line `{"custom_id": "7"}`. A row without an id is its line number (from 1),
-as in a run. OpenAI Batch output lines written elsewhere (no native record under `batch`) are
+must meet the output line `{"custom_id": "7"}`. A row without an id is known by its line number
+(from 1), as in a run, and kept apart from the ids rows give: shown as `line 7`, it meets the
+output line a run marks `"id_from_line": true`. An id on several lines of an output is read from
+its ok line (a repeated id fails on its later line), with a warning. OpenAI Batch output lines
+written elsewhere (no native record under `batch`) are
 read from the reply's content. Gold values are the row's `expected` object when it has one,
 else its top-level fields (so an input file that carries its labels is its own gold file). A
 text-mode output (a string, no schema) is the field `output`, compared with the gold `output`.
@@ -17,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.core.rows import LineId, id_of_record
 from batch.sink.records import native_view
 
 ID_FIELDS = ("id", "custom_id")
+SHOWN_REPEATS = 5  # ids a warning names
 TEXT_OUTPUT = "output"
 # Gold fields that are never labels: the row's id, its wrapper, and what a run reads as input.
 NOT_LABELS = frozenset(
@@ -33,11 +38,20 @@ class EvalInputError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutputRow:
-    id: str
+    id: str  # as shown: the id as text, or `line N` for a row without one
     ok: bool
     values: dict[str, Any]  # flattened output fields; empty for a failed row
     confidence: dict[str, float]
     error: str | None = None
+    # `l` and the line, for a line written before a run marked rows without an id: it says
+    # `"id": N` on line N, which is that row when the reference's line N gives no id.
+    by_line: str | None = None
+
+
+@dataclass(slots=True)
+class Outputs:
+    rows: dict[str, OutputRow]  # by key (`row_key`)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +91,22 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def row_id(record: dict[str, Any], line: int) -> str:
+def row_key(record: dict[str, Any], line: int) -> str:
+    """What rows are matched by: `i` and the id as text, or `l` and the line number of a row
+    without one (`line`, or the run's `LineId` of an output record)."""
+    native = id_of_record(record)
+    if isinstance(native, LineId):
+        return f"l{native}"
     for name in ID_FIELDS:
         value = record.get(name)
         if isinstance(value, str | int) and not isinstance(value, bool):
-            return str(value)
-    return str(line)
+            return f"i{value}"
+    return f"l{line}"
+
+
+def shown(key: str) -> str:
+    """A key as messages and the report show it: the id, or `line N`."""
+    return key[1:] if key[0] == "i" else f"line {key[1:]}"
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,18 +119,41 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_outputs(path: Path) -> dict[str, OutputRow]:
-    """The rows of a run's output, native or OpenAI format; a later line for an id wins."""
+def load_outputs(path: Path) -> Outputs:
+    """The rows of a run's output, native or OpenAI format. An id on several lines is read from
+    its ok line (a later one wins among equals), and named in a warning."""
     rows: dict[str, OutputRow] = {}
+    lines: dict[str, list[int]] = {}
     for line, record in read_jsonl(path):
         native, _ = native_view(record)
         if "status" not in native and "custom_id" in record and "response" in record:
             native = _foreign_openai(record)
         if "status" not in native:
             raise EvalInputError(f"{path}:{line}: not an output row of batch (no 'status')")
-        key = row_id(native, line)
-        rows[key] = _output_row(key, native)
-    return rows
+        key = row_key(native, line)
+        row = _output_row(key, native)
+        lines.setdefault(key, []).append(line)
+        if key not in rows or row.ok or not rows[key].ok:
+            rows[key] = row
+    repeated = {key: at for key, at in lines.items() if len(at) > 1}
+    return Outputs(rows, [_repeats(path, repeated)] if repeated else [])
+
+
+def _repeats(path: Path, repeated: dict[str, list[int]]) -> str:
+    named = [
+        f"{_named(key)} is on {len(at)} lines ({', '.join(map(str, at))})"
+        for key, at in list(repeated.items())[:SHOWN_REPEATS]
+    ]
+    more = len(repeated) - SHOWN_REPEATS
+    return (
+        f"{path}: {'; '.join(named)}{f'; and {more} more ids' if more > 0 else ''}: its ok line "
+        "is read. A run fails an id's later line when the input repeats it: give each row its "
+        "own id"
+    )
+
+
+def _named(key: str) -> str:
+    return f"id {key[1:]!r}" if key[0] == "i" else f"the row of line {key[1:]}"
 
 
 def _foreign_openai(record: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +178,10 @@ def _foreign_openai(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _output_row(key: str, native: dict[str, Any]) -> OutputRow:
+    by_line = None
+    given = native.get("id")
+    if key[0] == "i" and isinstance(given, int) and given == native.get("line"):
+        by_line = f"l{given}"
     raw_confidence = native.get("confidence")
     confidence = {
         name: float(p)
@@ -140,18 +191,22 @@ def _output_row(key: str, native: dict[str, Any]) -> OutputRow:
     if native.get("status") != "ok":
         error = native.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
-        return OutputRow(key, False, {}, confidence, str(kind or "error"))
+        return OutputRow(shown(key), False, {}, confidence, str(kind or "error"), by_line)
     output = native.get("output")
     values = flatten(output) if isinstance(output, dict) else {TEXT_OUTPUT: output}
-    return OutputRow(key, True, values, confidence)
+    return OutputRow(shown(key), True, values, confidence, by_line=by_line)
 
 
 def load_gold(path: Path) -> dict[str, ReferenceRow]:
     rows: dict[str, ReferenceRow] = {}
+    first_line: dict[str, int] = {}
     for line, record in read_jsonl(path):
-        key = row_id(record, line)
-        if key in rows:
-            raise EvalInputError(f"{path}:{line}: id {key!r} appears twice in the gold file")
+        key = row_key(record, line)
+        if (first := first_line.setdefault(key, line)) != line:
+            raise EvalInputError(
+                f"{path}: {_named(key)} is on lines {first} and {line} of the gold file: "
+                "give each row its own id"
+            )
         expected = record.get("expected")
         if isinstance(expected, dict):
             values = flatten(expected)
@@ -159,7 +214,7 @@ def load_gold(path: Path) -> dict[str, ReferenceRow]:
             values = {TEXT_OUTPUT: expected}
         else:
             values = flatten({k: v for k, v in record.items() if k not in NOT_LABELS})
-        rows[key] = ReferenceRow(key, values, _context(record))
+        rows[key] = ReferenceRow(shown(key), values, _context(record))
     return rows
 
 
@@ -173,23 +228,41 @@ def _context(record: dict[str, Any]) -> str | None:
 
 def match(reference: dict[str, ReferenceRow], outputs: dict[str, OutputRow]) -> Matched:
     matched = Matched()
+    outputs = _by_line(reference, outputs)
     for key, gold in reference.items():
         out = outputs.get(key)
         if out is None:
-            matched.missing.append(key)
+            matched.missing.append(gold.id)
         else:
             matched.pairs.append((gold, out))
-    matched.extra = [key for key in outputs if key not in reference]
+    matched.extra = [out.id for key, out in outputs.items() if key not in reference]
     return matched
 
 
-def load_against(path: Path) -> tuple[dict[str, ReferenceRow], list[str]]:
-    """Another run's ok rows as the reference, and the ids that failed in it (left out)."""
+def _by_line(
+    reference: dict[str, ReferenceRow], outputs: dict[str, OutputRow]
+) -> dict[str, OutputRow]:
+    """`outputs`, with each unmarked `"id": N` on line N (`OutputRow.by_line`) taken for the
+    row of line N when the reference's line N gives no id: then no row gave the id N there."""
+    moved = {
+        key: line
+        for key, row in outputs.items()
+        if (line := row.by_line) is not None and line in reference and line not in outputs
+    }
+    if not moved:
+        return outputs
+    return {moved.get(key, key): row for key, row in outputs.items()}
+
+
+def load_against(path: Path) -> tuple[dict[str, ReferenceRow], list[str], list[str]]:
+    """Another run's ok rows as the reference, the keys that failed in it (left out), and the
+    warnings about its rows."""
     reference: dict[str, ReferenceRow] = {}
     failed = []
-    for key, row in load_outputs(path).items():
+    other = load_outputs(path)
+    for key, row in other.rows.items():
         if row.ok:
-            reference[key] = ReferenceRow(key, row.values, None)
+            reference[key] = ReferenceRow(row.id, row.values, None)
         else:
             failed.append(key)
-    return reference, failed
+    return reference, failed, other.warnings

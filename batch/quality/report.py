@@ -59,6 +59,7 @@ class Report:
     matched: Matched
     fields: dict[str, FieldReport]
     gates: list[GateResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the files read, for stderr
 
     @property
     def failed_ids(self) -> list[str]:
@@ -146,13 +147,15 @@ def evaluate(
     output: Path, reference: Path, *, against: bool = False, fields: list[str] | None = None
 ) -> Report:
     """Raises EvalInputError for unreadable files and for nothing to compare."""
-    outputs = load_outputs(output)
+    loaded = load_outputs(output)
+    outputs, warnings = loaded.rows, loaded.warnings
     if against:
-        references, reference_failed = load_against(reference)
+        references, reference_failed, more = load_against(reference)
+        warnings = warnings + more
     else:
         references, reference_failed = load_gold(reference), []
     matched = match(references, outputs)
-    matched.reference_failed = [key for key in reference_failed if key in outputs]
+    matched.reference_failed = [outputs[key].id for key in reference_failed if key in outputs]
     names = fields or _common_fields(matched)
     if not names:
         raise EvalInputError(_nothing_to_compare(matched, output, reference))
@@ -168,6 +171,7 @@ def evaluate(
         reference_rows=len(references),
         matched=matched,
         fields=reports,
+        warnings=warnings,
     )
 
 

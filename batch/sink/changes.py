@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.core.idset import IdSet, Sighting
-from batch.core.rows import id_key
+from batch.core.rows import id_key, id_of_record
 from batch.sink.output import rewrite
 from batch.sink.records import RecordCodec, read_native
 
@@ -61,7 +61,5 @@ def finish_output(
 
 def _key_of(raw: bytes) -> str | None:
     read = read_native(raw)
-    row_id = read[0].get("id") if read else None
-    return (
-        id_key(row_id) if isinstance(row_id, str | int) and not isinstance(row_id, bool) else None
-    )
+    row_id = id_of_record(read[0]) if read else None
+    return None if row_id is None else id_key(row_id)

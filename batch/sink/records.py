@@ -2,8 +2,9 @@
 
 Native lines (one JSON object a row; keys in this order, which resume relies on):
 
-    {"id": …, "line": N, "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with
-     --logprobs), "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
+    {"id": …, "line": N, "id_from_line": true (for a row that gives no id: its id is N),
+     "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with --logprobs),
+     "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
      "durations_ns": {…}, "elapsed_s": …, "config": "<fingerprint>",
      "input_digest": "<16 hex digits>"}
 
@@ -32,12 +33,14 @@ from typing import Any, Literal
 from batch.core.digest import DIGEST_HEX, short
 from batch.core.errors import Cause, ConfigError, InvalidOutput, SettingsChanged
 from batch.core.jsontext import dumps_line
-from batch.core.rows import RowResult, id_key
+from batch.core.rows import ID_FROM_LINE, LineId, RowResult, id_key, id_of_record
 
 OutputFormat = Literal["native", "openai"]
 EXTRAS = "batch"  # the OpenAI line's key for the native record
 DIGEST_KEY = "input_digest"
 Done = tuple[str, int]  # an ok line's id key, and the short input digest it recorded (0: none)
+_MARK = f',"{ID_FROM_LINE}":true'.encode()  # after `"line":N` on the line of a `LineId`
+_OK = b',"status":"ok",'
 
 
 def encode_line(record: dict[str, Any]) -> bytes:
@@ -48,6 +51,8 @@ def encode_line(record: dict[str, Any]) -> bytes:
 def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
     request = result.row.request
     record: dict[str, Any] = {"id": result.row.id, "line": result.row.line}
+    if isinstance(result.row.id, LineId):
+        record[ID_FROM_LINE] = True
     if result.failure is None:
         record["status"] = "ok"
         record["output"] = result.output
@@ -162,9 +167,10 @@ class RecordCodec:
         self._tail = f',"config":"{fingerprint}"}}\n'.encode()  # a line written before digests
         self._digest_tail = f',"config":"{fingerprint}","{DIGEST_KEY}":"'.encode()
         # The lines `ok_key_at_a_glance` accepts (a negative id short enough for `json` to
-        # read); the id, and the digest's short half.
+        # read); the id, the mark of a `LineId`, and the digest's short half.
         self._ok_lines = re.compile(
-            rb'^\{"id":([1-9][0-9]*|0|-[1-9][0-9]{0,17}|"[^"\\\n]*"),"line":[0-9]+,"status":"ok",[^\n]*,"config":"'
+            rb'^\{"id":([1-9][0-9]*|0|-[1-9][0-9]{0,17}|"[^"\\\n]*"),"line":[0-9]+'
+            rb'(,"id_from_line":true)?,"status":"ok",[^\n]*,"config":"'
             + re.escape(fingerprint.encode())
             + rb'"(?:,"input_digest":"[0-9a-f]{8}([0-9a-f]{8})")?\}\n',
             re.MULTILINE,
@@ -218,10 +224,11 @@ class RecordCodec:
                 stamp=record.get("config"),
                 model=record.get("model"),
             )
-        if record["status"] != "ok":
+        row_id = id_of_record(record)
+        if record["status"] != "ok" or row_id is None:
             return None
         digest = record.get(DIGEST_KEY)
-        return id_key(record["id"]), short(digest) if isinstance(digest, str) and digest else 0
+        return id_key(row_id), short(digest) if isinstance(digest, str) and digest else 0
 
     def read_done(self, path: Path, number: int, raw: bytes) -> Done | None:
         """An `ok` line's id key and digest: at a glance when it can be, else by `done_key`'s
@@ -242,10 +249,12 @@ class RecordCodec:
         try:
             return [
                 (
-                    "s" + token[1:-1].decode() if token[:1] == b'"' else "i" + token.decode(),
+                    "s" + token[1:-1].decode()
+                    if token[:1] == b'"'
+                    else ("l" if marked else "i") + token.decode(),
                     int(digest, 16) or 1 if digest else 0,
                 )
-                for token, digest in found
+                for token, marked, digest in found
             ]
         except UnicodeDecodeError:
             return None
@@ -265,15 +274,18 @@ class RecordCodec:
         # Inside a JSON string a quote is escaped, so the first `,"line":` ends the id.
         id_end = raw.find(b',"line":', 6)
         status = raw.find(b",", id_end + 8) if id_end > 0 else -1
-        if status < 0 or not raw.startswith(b',"status":"ok",', status):
+        marked = status > 0 and raw.startswith(_MARK, status)
+        if status < 0 or not raw.startswith(_OK, status + len(_MARK) if marked else status):
             return None
         token = raw[6:id_end]
         try:
-            if token.isdigit():
-                return "i" + token.decode(), digest  # id_key of a JSON integer, spelled alike
+            if token.isdigit():  # id_key of a JSON integer, spelled alike
+                return ("l" if marked else "i") + token.decode(), digest
             if token.startswith(b'"') and b"\\" not in token:  # a string with nothing escaped
                 return id_key(token[1:-1].decode()), digest
             row_id = json.loads(token)
         except ValueError:
             return None
+        if isinstance(row_id, int) and not isinstance(row_id, bool) and marked:
+            row_id = LineId(row_id)
         return (id_key(row_id), digest) if isinstance(row_id, str | int) else None

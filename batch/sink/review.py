@@ -1,6 +1,7 @@
 """`--review-below P`: the ok rows whose least confident label is under P, for a person to check.
 
-One JSON object a line, `{"id": …, "output": {…}, "confidence": {…}}`, appended as rows are
+One JSON object a line, `{"id": …, "output": {…}, "confidence": {…}}` (and `"id_from_line":
+true` after the id of a row that gives none, as in the output), appended as rows are
 written, so a resumed run adds its own rows to those of the runs before it (`--overwrite`
 starts it over with the output). Created by its first row.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from batch.core.rows import RowResult
+from batch.core.rows import ID_FROM_LINE, LineId, RowResult
 from batch.sink.output import OutputWriter
 from batch.sink.records import encode_line
 
@@ -45,4 +46,7 @@ class ReviewFile:
 
 
 def review_record(result: RowResult) -> dict[str, Any]:
-    return {"id": result.row.id, "output": result.output, "confidence": result.confidence}
+    record: dict[str, Any] = {"id": result.row.id}
+    if isinstance(result.row.id, LineId):
+        record[ID_FROM_LINE] = True
+    return record | {"output": result.output, "confidence": result.confidence}

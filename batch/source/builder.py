@@ -21,7 +21,7 @@ from batch.core.jsontext import (
     may_hold_lone_surrogates,
     without_lone_surrogates,
 )
-from batch.core.rows import Row, RowDefaults, RowId
+from batch.core.rows import LineId, Row, RowDefaults, RowId
 from batch.source.native_in import native_request
 from batch.source.openai_in import is_openai_request, openai_request
 
@@ -42,19 +42,24 @@ class RowBuilder:
         return NATIVE in self._first
 
     def build(self, line: int, raw: bytes) -> Row:
+        """The line's row. A row without an id, and one whose id cannot be read, is known by
+        its line number (`LineId`)."""
         data = _object(line, raw)
+        by_line = LineId(line)
         if isinstance(data, BadInput):
-            return Row(line, line, failure=data, has_id=False)
+            return Row(line, by_line, failure=data, has_id=False)
         openai = is_openai_request(data)
         if mixed := self._check_kind(line, OPENAI if openai else NATIVE):
-            return Row(line, line, failure=BadInput(mixed), has_id=False)
-        row_id = data.get("custom_id") if openai else _given_id(data, default=line)
+            return Row(line, by_line, failure=BadInput(mixed), has_id=False)
+        row_id = data.get("custom_id") if openai else _given_id(data, default=by_line)
         if openai and (not isinstance(row_id, str) or not row_id):
             failure = BadInput(f"line {line}: an OpenAI Batch request needs a custom_id string")
-            return Row(line, line, failure=failure, has_id=False)
+            return Row(line, by_line, failure=failure, has_id=False)
         if isinstance(row_id, bool) or not isinstance(row_id, str | int):
-            failure = BadInput(f"line {line}: id must be a string or an integer, not {row_id!r}")
-            return Row(line, line, failure=failure, has_id=False)
+            failure = BadInput(
+                f"line {line}: id must be a string or an integer, not {_json(row_id)}"
+            )
+            return Row(line, by_line, failure=failure, has_id=False)
         try:
             if openai:
                 request, schema = openai_request(self.defaults, data)
@@ -67,7 +72,7 @@ class RowBuilder:
         return Row(line, row_id, request=request, schema=schema)
 
     def peek_id(self, line: int, raw: bytes) -> RowId | None:
-        """The id `build` gives the line's row (its line number when it names none), read
+        """The id `build` gives the line's row (its `LineId` when it names none), read
         without building its request: resume skips most lines. None when the line has no
         usable id (not a JSON object, an id neither a string nor an integer). The file's first
         line still sets its kind."""
@@ -79,7 +84,7 @@ class RowBuilder:
             return None
         openai = is_openai_request(data)
         self._check_kind(line, OPENAI if openai else NATIVE)  # the first line decides
-        row_id = data.get("custom_id") if openai else _given_id(data, default=line)
+        row_id = data.get("custom_id") if openai else _given_id(data, default=LineId(line))
         return None if isinstance(row_id, bool) or not isinstance(row_id, str | int) else row_id
 
     def _check_kind(self, line: int, kind: str) -> str | None:
@@ -126,6 +131,14 @@ def _sendable(line: int, data: dict[str, Any]) -> dict[str, Any] | BadInput:
             )
     fixed: dict[str, Any] = without_lone_surrogates(data)
     return fixed
+
+
+def _json(value: Any) -> str:
+    """A value as the input spells it (`null`, `true`, `1.5`), not as Python does."""
+    try:
+        return json.dumps(value, ensure_ascii=False)[:80]
+    except ValueError:  # NaN, which the input spells as Python does
+        return repr(value)
 
 
 def _article(kind: str) -> str:

@@ -24,7 +24,7 @@ from batch.core.digest import (
 from batch.core.errors import DuplicateId
 from batch.core.idset import IdSet, Sighting
 from batch.core.images import has_images
-from batch.core.rows import Row, id_key
+from batch.core.rows import LineId, Row, RowId, id_key
 from batch.core.stats import RunStats
 from batch.core.window import ReorderWindow
 from batch.source.builder import RowBuilder
@@ -70,7 +70,7 @@ class RowSource:
                     return
                 self._size_table(lines)
                 index = 0
-                while (index := self._sieve(lines, index)) < len(lines):
+                while (index := self._sieve(lines, index, first)) < len(lines):
                     number, raw = first + index, lines[index]
                     index += 1
                     if stopping.is_set():
@@ -118,7 +118,7 @@ class RowSource:
             self._changed(row)
         return True
 
-    def _sieve(self, lines: list[bytes], start: int) -> int:
+    def _sieve(self, lines: list[bytes], start: int, first: int) -> int:
         """The index of the first line from `start` on to read in full. The lines before it
         were left out at a glance: done before from these very bytes (the common case of a
         rerun, a million times over, so this loop is kept tight). Only in a file of native
@@ -135,7 +135,7 @@ class RowSource:
                 key = key_at_a_glance(raw)
                 if key is None or (shard is not None and not shard.holds(key)):
                     return index
-                if not ids.sight_unchanged(key, short_of_line(raw)):
+                if not ids.sight_unchanged(key, short_of_line(raw), first + index):
                     return index
                 skipped += 1
             return len(lines)
@@ -160,7 +160,10 @@ class RowSource:
         before = 0  # the input digest its earlier ok line recorded
         digest = ""  # this line's, when it names no image (else `_settle` adds theirs)
         if self._resuming and given is not None:
-            sighting = self._ids.sight(id_key(given))
+            sighting = self._ids.sight(id_key(given), number)
+            if sighting is Sighting.NEW and self._labelled_unmarked(given, raw):
+                self._stats.skipped += 1
+                return None
             if sighting is Sighting.DONE:
                 before = self._ids.last_digest
                 if before and not may_name_images(raw):
@@ -173,13 +176,23 @@ class RowSource:
             row.digest = digest
             self._changed(row)
         if row.has_id:
-            sighting = sighting or self._ids.sight(id_key(row.id))
+            sighting = sighting or self._ids.sight(id_key(row.id), number)
             if sighting is Sighting.REPEAT:
-                row.request, row.failure = None, _duplicate(row)
+                row.request, row.failure = None, _duplicate(row, self._ids.first_line)
         return row, before
 
+    def _labelled_unmarked(self, given: RowId, raw: bytes) -> bool:
+        """A row without an id that an earlier run labelled from this very line, in an output
+        written before `LineId`: the line number was written as an id a row gives (`"id": 7`,
+        unmarked), so that id is sighted, when the digest it recorded is this line's. A line
+        that names images is labelled again: its digest covers their bytes."""
+        if not isinstance(given, LineId) or may_name_images(raw):
+            return False
+        return self._ids.sight_unchanged(id_key(int(given)), short_of_line(raw), given)
 
-def _duplicate(row: Row) -> DuplicateId:
+
+def _duplicate(row: Row, first: int) -> DuplicateId:
+    earlier = f"line {first}" if first else "an earlier line"
     return DuplicateId(
-        f"line {row.line}: id {row.id!r} was already used by an earlier line; ids must be unique"
+        f"line {row.line}: id {row.id!r} was already used by {earlier}; ids must be unique"
     )

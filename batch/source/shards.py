@@ -1,8 +1,9 @@
 """Shards: one input split across machines by the schedulers teams already run.
 
 `--shard K/N` (K from 0) labels only the rows whose id hashes to K. The hash is of the row's id
-(its line number when it has none), so a row's shard is the same on every machine and run,
-whatever the order of the lines. When no shard is given it is read from the scheduler:
+(its line number when it has none, hashed as the id `7` is: see `shard_key`), so a row's shard
+is the same on every machine and run, whatever the order of the lines. When no shard is given it
+is read from the scheduler:
 
     Kubernetes Indexed Job  K = JOB_COMPLETION_INDEX; N from --shards or the job file's `shards`
     Slurm job array         K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN,
@@ -15,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from batch.core.rows import RowId, id_key
+from batch.core.rows import LineId, RowId, id_key
 from batch.source.builder import RowBuilder
 
 
@@ -37,7 +38,14 @@ class Shard:
 
     def holds_line(self, line: int, given: RowId | None) -> bool:
         """Whether the row of `line`, whose id is `given` (`RowBuilder.peek_id`), is ours."""
-        return self.holds(id_key(line if given is None else given))
+        return self.holds(shard_key(LineId(line) if given is None else given))
+
+
+def shard_key(row_id: RowId) -> str:
+    """What a row's shard is hashed from: its id key, but a row known by its line number hashes
+    as it did before line numbers were kept apart from ids (`LineId`), as the id `7` does, so
+    that a half-done sharded run splits its rows the same. Only the split: rows stay apart."""
+    return id_key(int(row_id)) if isinstance(row_id, LineId) else id_key(row_id)
 
 
 def shard_of(key: str, count: int) -> int:
@@ -46,11 +54,11 @@ def shard_of(key: str, count: int) -> int:
     return int.from_bytes(digest, "big") % count
 
 
-def row_key(builder: RowBuilder, line: int, raw: bytes) -> str:
-    """The id key a line's row will have: its own id, else its line number (as for a row
+def row_id(builder: RowBuilder, line: int, raw: bytes) -> RowId:
+    """The id a line's row will have: its own id, else its line number (`LineId`: a row
     without an id, or one that cannot be read)."""
     given = builder.peek_id(line, raw)
-    return id_key(line if given is None else given)
+    return LineId(line) if given is None else given
 
 
 def parse_shard(text: str) -> Shard:
@@ -58,6 +66,11 @@ def parse_shard(text: str) -> Shard:
     if not (sep and index.isdigit() and count.isdigit()):
         raise ValueError(f"{text!r}: write the shard as K/N, e.g. 0/4 for the first of four")
     shard = Shard(int(index), int(count))
+    if shard.count == 0:
+        raise ValueError(
+            f"{text!r}: N, the number of shards, is at least 1: write the shard as K/N, "
+            "e.g. 0/4 for the first of four"
+        )
     if not 0 <= shard.index < shard.count:
         last = f"{shard.count - 1}/{shard.count}"
         raise ValueError(
