@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,4 +84,25 @@ def run_eval(args: argparse.Namespace) -> int:
     for result in report.gates:
         if not result.passed:
             sys.stderr.write(f"batch eval: gate failed: {result.describe()}\n")
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        _append_step_summary(Path(step_summary), report)
     return EXIT_OK if report.passed else EXIT_GATE_FAILED
+
+
+def _append_step_summary(page: Path, report: Any) -> None:
+    """eval's gates and each field's figures, for a GitHub Actions job's summary page."""
+    from batch.observe.step_summary import append_section, eval_section
+    from batch.quality.report import field_json
+
+    figures = {}
+    for name, field in report.fields.items():
+        shown = field_json(field)
+        accuracy = shown["accuracy"]
+        text = f"{shown['correct']}/{shown['compared']}"
+        text += f" = {accuracy:.1%}" if accuracy is not None else ""
+        if shown.get("kappa") is not None:
+            text += f", kappa {shown['kappa']:.3f}"
+        figures[name] = text
+    title = f"{report.output} against {report.reference}"
+    gates = [result.describe() for result in report.gates]
+    append_section(page, eval_section(title, gates, figures, report.passed))
