@@ -4,7 +4,6 @@ one JSON object with a time and an event, and CI's summary page gets a section."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
