@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,60 @@ def test_the_github_workflow_matches_its_schema_and_covers_every_shard(tmp_path:
         command = step["run"].replace("${{ matrix.shard }}", str(k))
         config = config_from(shlex.split(command)[3:], {}, tmp_path)
         assert config.sharding.shard == f"{k}/{len(shards)}"
+
+
+def test_the_nightly_cronjob_pushes_its_metrics_and_logs_json(tmp_path: Path) -> None:
+    [cron] = documents(EXAMPLES / "kubernetes" / "label-cronjob.yaml")
+    assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = config_from(container["args"], env, tmp_path)
+    assert config.observe.pushgateway == "http://pushgateway.monitoring:9091"
+    assert config.observe.metrics_job == "nightly-labels"
+    assert config.observe.log_format == "json"
+
+
+def test_the_systemd_service_writes_a_textfile_and_its_timer_runs_nightly(tmp_path: Path) -> None:
+    service = (EXAMPLES / "systemd" / "batch-label.service").read_text()
+    timer = (EXAMPLES / "systemd" / "batch-label.timer").read_text()
+    assert "OnCalendar=*-*-* 01:30:00" in timer and "Persistent=true" in timer
+    [start] = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(start.removeprefix("ExecStart="))
+    assert argv[1:3] == ["-m", "batch"]
+    config = config_from(argv[3:], {}, tmp_path)
+    assert config.observe.metrics_textfile == Path("/var/lib/prometheus/node-exporter/batch.prom")
+    assert "SuccessExitStatus=1 3" in service  # rows failed, a budget met: results, not faults
+
+
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="Debian's promtool (prometheus) is not installed"
+)
+
+
+@needs_promtool
+def test_the_alerting_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    rules = EXAMPLES / "prometheus"
+    for command in (
+        ["check", "rules", "batch-alerts.yml"],
+        ["test", "rules", "batch-alerts.test.yml"],
+    ):
+        checked = subprocess.run(["promtool", *command], cwd=rules, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "SUCCESS" in checked.stdout
+
+
+@needs_promtool
+def test_the_alerting_rules_read_only_metrics_batch_exports(tmp_path: Path) -> None:
+    """Every metric an alert reads is one batch writes (a renamed metric would silence it)."""
+    from batch.testing import FakeOllama
+    from tests.conftest import run_cli, write_rows
+
+    rules = (EXAMPLES / "prometheus" / "batch-alerts.yml").read_text()
+    named = set(re.findall(r"\b(batch_[a-z_]+)\b", rules))
+    (tmp_path / "schema.json").write_text('{"type": "object"}')
+    rows = write_rows(tmp_path / "in.jsonl", 2)
+    textfile = tmp_path / "batch.prom"
+    with FakeOllama(models=["m"]) as server:
+        assert run_cli(rows, server.url, "--metrics-textfile", str(textfile)) == 0
+    written = set(re.findall(r"^(batch_[a-z_]+)", textfile.read_text(), re.MULTILINE))
+    assert named and named <= written, named - written

@@ -151,11 +151,16 @@ class _RunState(Collector):
         in_flight = GaugeMetricFamily(
             "batch_in_flight", "requests in flight to a host", labels=["host"]
         )
+        up = GaugeMetricFamily(
+            "batch_host_up", "1 while a host is in rotation, 0 while it is out", labels=["host"]
+        )
         for host in self._hosts():
             limit.add_metric([host.name], host.concurrency.current)
             in_flight.add_metric([host.name], host.in_flight)
+            up.add_metric([host.name], 1 if host.up else 0)
         yield limit
         yield in_flight
+        yield up
         left = self._rows_left()
         if left is not None:
             yield GaugeMetricFamily("batch_rows_left", "rows this run has still to do", left)

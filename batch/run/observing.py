@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
+from batch.core.errors import ConfigError
 from batch.core.events import NO_EVENTS, RunEvents
 from batch.core.stats import RunStats
 from batch.run.config import JobConfig
@@ -97,6 +98,23 @@ def tracing_wanted(asked: bool, environ: Mapping[str, str] | None = None) -> boo
     return asked or any(env.get(name) for name in endpoints)
 
 
+def trace_header_source(asked: bool) -> Callable[[], dict[str, str]] | None:
+    """With tracing on: the W3C trace headers of the current span, for each request."""
+    if not tracing_wanted(asked):
+        return None
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return None  # said when the tracer is made (`_tracing`)
+
+    def headers() -> dict[str, str]:
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        return carrier
+
+    return headers
+
+
 def _metrics_out(
     config: JobConfig, stats: RunStats, hosts: Sequence[Host], rows_left: RowsLeft
 ) -> MetricsOut:
@@ -118,6 +136,11 @@ def _metrics_out(
 
 
 def _tracing() -> Tracing:
-    from batch.observe.tracing import Tracing
-
+    try:
+        from batch.observe.tracing import Tracing
+    except ImportError as missing:
+        raise ConfigError(
+            f"OpenTelemetry is asked for (--otel or OTEL_EXPORTER_OTLP_*) but {missing.name} is "
+            "not installed: pip install -e '.[otel]', or unset them"
+        ) from None
     return Tracing()

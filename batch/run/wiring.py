@@ -15,6 +15,7 @@ import anyio
 from batch.core.chat import Backend
 from batch.reuse.cache import AnswerCache
 from batch.run.config import JobConfig
+from batch.run.observing import trace_header_source
 from batch.serving.hosts import HostPolicy, parse_host
 from batch.serving.limits import AdaptiveLimit, Limit
 from batch.serving.pool import HostPool, Meter
@@ -86,6 +87,7 @@ def open_backends(config: JobConfig) -> list[Backend]:
     from batch.serving.ollama import OllamaBackend
 
     backends: list[Backend] = []
+    trace_headers = trace_header_source(config.observe.otel)
     for host, concurrency in zip(config.serving.hosts, host_concurrency(config), strict=True):
         host = parse_host(host).url
         if is_embedded(host):
@@ -108,6 +110,7 @@ def open_backends(config: JobConfig) -> list[Backend]:
                     access=AccessSettings.from_config(config.access),
                     keep_alive=config.retries.keep_alive,
                     think=config.prompt.think,
+                    trace_headers=trace_headers,
                 )
             )
     return backends

@@ -15,7 +15,7 @@ run chose the keep-alive itself, the model is handed back at the end (handback.p
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -73,7 +73,9 @@ class OllamaBackend:
         access: AccessSettings | None = None,
         keep_alive: float | str | None = None,
         think: ThinkSetting = None,
+        trace_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        """`trace_headers`: a W3C `traceparent` (the current attempt's span) for each request."""
         self._name = display_host(host)
         self._timeout = timeout
         self._connection = connect(host, access or AccessSettings())
@@ -86,6 +88,7 @@ class OllamaBackend:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=limits,
             **self._connection.kwargs,
+            **_event_hooks(trace_headers),
         )
         self._models = ModelCheck(self._show, self._ps)
         self._notes = ServerNotes(self._name, concurrency, self._fetch_version)
@@ -312,3 +315,14 @@ def _token_logprobs(response: ollama.ChatResponse) -> tuple[TokenLogprob, ...] |
     if not response.logprobs:
         return None
     return tuple((entry.token, entry.logprob) for entry in response.logprobs)
+
+
+def _event_hooks(trace_headers: Callable[[], Mapping[str, str]] | None) -> dict[str, Any]:
+    """httpx's request hook that adds the trace headers (the client sends no others of ours)."""
+    if trace_headers is None:
+        return {}
+
+    async def add_trace_headers(request: httpx.Request) -> None:
+        request.headers.update(trace_headers())
+
+    return {"event_hooks": {"request": [add_trace_headers]}}

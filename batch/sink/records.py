@@ -5,7 +5,8 @@ Native lines (one JSON object a row; keys in this order, which resume relies on)
     {"id": …, "line": N, "id_from_line": true (for a row that gives no id: its id is N),
      "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with --logprobs),
      "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
-     "durations_ns": {…}, "elapsed_s": …, "config": "<fingerprint>",
+     "durations_ns": {…}, "elapsed_s": …, "trace_id": … (with OpenTelemetry),
+     "config": "<fingerprint>",
      "input_digest": "<16 hex digits>"}
 
 (`same_as` or `cached` come after `usage` on rows whose result was reused.)
@@ -76,6 +77,8 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
     if result.durations_ns:
         record["durations_ns"] = result.durations_ns
     record["elapsed_s"] = round(result.elapsed_s, 3)
+    if result.trace_id is not None:  # with OpenTelemetry: where this row's trace is
+        record["trace_id"] = result.trace_id
     record["config"] = fingerprint
     if result.row.digest:  # last, at a fixed distance from the end: resume reads it at a glance
         record[DIGEST_KEY] = result.row.digest
