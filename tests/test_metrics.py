@@ -6,8 +6,10 @@ last success."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -305,3 +307,21 @@ def test_prometheus_scrapes_the_live_endpoint_and_the_gateway_and_promql_matches
     assert [float(r["value"][1]) for r in tokens] == [
         usage["input_tokens"] + usage["output_tokens"]
     ]
+
+
+def test_with_nothing_asked_for_neither_library_is_imported(rows: Path) -> None:
+    """A run with no metrics flag and no OTLP endpoint pays nothing for them."""
+    script = (
+        "import sys\n"
+        "from batch.cli import main\n"
+        "from batch.testing import FakeOllama\n"
+        "with FakeOllama(models=['m']) as server:\n"
+        f"    code = main(['run', {str(rows)!r}, '--host', server.url, '-m', 'm', '-q'])\n"
+        "loaded = [m for m in ('prometheus_client', 'opentelemetry') if m in sys.modules]\n"
+        "print(code, loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BATCH_"))}
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert ran.stdout.strip() == "0 []", ran.stdout + ran.stderr
