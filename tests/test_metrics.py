@@ -325,3 +325,32 @@ def test_with_nothing_asked_for_neither_library_is_imported(rows: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
     assert ran.stdout.strip() == "0 []", ran.stdout + ran.stderr
+
+
+def test_the_textfile_is_written_while_the_run_lasts(
+    rows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import anyio
+
+    import batch.run.pipeline
+    from batch import JobConfig, run_job
+
+    monkeypatch.setattr(batch.run.pipeline, "EXPORT_EVERY_S", 0.05)
+    textfile = rows.parent / "batch.prom"
+    seen_during: list[float] = []
+    with FakeOllama(models=["m"], latency=0.1) as slow:  # 12 rows one at a time: 1.2 s
+        config = JobConfig(
+            input=rows, model="m", hosts=(slow.url,), concurrency=1, metrics_textfile=textfile
+        )
+        run = threading.Thread(target=anyio.run, args=(run_job, config))
+        run.start()
+        while run.is_alive():
+            if textfile.exists():
+                found = samples(textfile.read_text())
+                seen_during.append(total(found, "batch_rows_total", status="ok"))
+            time.sleep(0.05)
+        run.join()
+    assert any(0 < ok < 12 for ok in seen_during), seen_during  # rows counted mid-run
+    assert total(samples(textfile.read_text()), "batch_rows_total", status="ok") == 12
