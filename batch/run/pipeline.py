@@ -32,10 +32,19 @@ from batch.core.window import ReorderWindow
 from batch.labelling.budget import Budget, BudgetReached, Budgets
 from batch.labelling.confidence import AskingLogprobs
 from batch.labelling.labeller import Labeller, RetryPolicy
+from batch.labelling.panel import PanelLabeller
 from batch.reuse.cache import AnswerCache
 from batch.reuse.dedup import ReusingLabeller
 from batch.run.changed import recorded_settings, refusal
 from batch.run.config import JobConfig
+from batch.run.panel_run import (
+    PanelResume,
+    finish_panel,
+    panel_labeller,
+    panel_plan,
+    prepare_panel,
+    sample_warnings,
+)
 from batch.run.plan import rows_left
 from batch.run.progress import show_progress
 from batch.run.summary import RunSummary, build_summary, write_summary
@@ -96,12 +105,15 @@ async def _run_job(
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.prompt.schema_ref) if config.prompt.schema_ref else None
     codec = RecordCodec(config.fingerprint(schema), config.files.output_format)
+    panel = await prepare_panel(config, codec, panel_plan(config))  # before compaction
     try:
         done = await anyio.to_thread.run_sync(
             partial(prepare_output, config.output_path, codec, overwrite=config.files.overwrite)
         )
     except SettingsChanged as found:
         raise refusal(config, found) from None
+    if panel is not None:
+        panel.reopen(done)
     done_before = len(done)  # the table fills with this run's ids from here on
     if (errors_file := config.files.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
@@ -109,8 +121,10 @@ async def _run_job(
     budget = Budget(budgets or config.budgets.limits())
     pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
-    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget)
-    model = config.prompt.model or "the model each row names"
+    watch.warnings += sample_warnings(config)
+    run = _assemble(config, stats, codec, done, schema, pool, watch, cache, opener, budget, panel)
+    model = ",".join(config.members) if config.voting.active else config.prompt.model
+    model = model or "the model each row names"
     log.info("labelling %s with %s on %s", config.input, model, pool.name)
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
@@ -121,12 +135,18 @@ async def _run_job(
             await _finish_rerun(config, codec, done, done_before, run, stats)
         if config.files.ordered and done_before:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
+        if isinstance(run.labeller, PanelLabeller) and run.fatal is None:
+            await finish_panel(config, run.labeller)
     finally:
         await pool.aclose()
         run.labeller.close()
         if run.fatal is not None:
             run.fatal = _explained(config, run, run.fatal)
             await anyio.to_thread.run_sync(drop_if_empty, config.output_path)
+        panel_fields = {}
+        if isinstance(run.labeller, PanelLabeller):
+            stats.changed -= run.labeller.completed  # sent again for votes, not a new input
+            panel_fields = {"panel": run.labeller.tally.as_record()}
         summary = build_summary(
             stats,
             input_path=config.input,
@@ -141,7 +161,7 @@ async def _run_job(
             host_report=pool.report(),
             shard=config.sharding.shard,
             left=await _left(config, run, row_defaults(config, schema), codec.fingerprint),
-        ).model_copy(update=watch.summary_fields())
+        ).model_copy(update={**watch.summary_fields(), **panel_fields})
         unwritten = await _write_summary(config.summary_path, summary)
     return _outcome(summary, run.fatal, unwritten)
 
@@ -157,6 +177,7 @@ def _assemble(
     cache: AnswerCache | None,
     opener: Opener,
     budget: Budget,
+    panel: PanelResume | None = None,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
     window = ReorderWindow[Item]() if config.files.ordered else None
@@ -167,13 +188,14 @@ def _assemble(
             config.retries.max_attempts, config.retries.backoff, config.retries.backoff_max
         ),
     )
+    reusing = ReusingLabeller(
+        labeller, dedup=config.reuse.dedup, cache=cache, salt=reply_salt(config)
+    )
     return _Run(
         source=RowSource(
             config.input, builder, done, stats, shard=config.shard_spec, window=window
         ),
-        labeller=ReusingLabeller(
-            labeller, dedup=config.reuse.dedup, cache=cache, salt=reply_salt(config)
-        ),
+        labeller=panel_labeller(config, reusing, panel) if config.voting.active else reusing,
         sink=ResultSink(
             config.output_path,
             codec,
@@ -256,7 +278,8 @@ async def _left(
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
     return RowDefaults(
-        model=config.prompt.model,
+        # A panel's rows are built for its first member; each member's request names its own.
+        model=config.members[0] if config.voting.active else config.prompt.model,
         options=config.prompt.options,
         template=config.prompt.template,
         system=config.prompt.system,
@@ -270,7 +293,7 @@ class _Run:
     """The task group: the source, the labellers and the sink, and what stops them."""
 
     source: RowSource
-    labeller: ReusingLabeller
+    labeller: ReusingLabeller | PanelLabeller
     sink: ResultSink
     slots: int
     grace_period: float

@@ -1,0 +1,121 @@
+"""A panel's figures over a run, for its summary (`panel`): per member its requests, tokens,
+valid votes and agreement with the consensus; the rows all votes agreed on; Fleiss' kappa per
+categorical field; the requests escalation saved."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from batch.core.categories import Path, dotted, value_at, value_key
+from batch.core.rows import RowResult
+from batch.labelling.votes import FleissKappa, Vote, field_keys, is_valid, unanimous
+
+DIGITS = 4
+
+
+class _Member:
+    def __init__(self) -> None:
+        self.requests = self.input_tokens = self.output_tokens = 0
+        self.valid_votes = 0
+        self.agreeing: Counter[str] = Counter()
+
+    def as_record(self, fields: Iterable[str]) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "valid_votes": self.valid_votes,
+            "agreement": {
+                name: _share(self.agreeing[name], self.valid_votes) for name in fields
+            },
+        }
+
+
+class PanelTally:
+    def __init__(self, members: Sequence[str], vote: str = "majority") -> None:
+        self.vote = vote
+        self.members = {name: _Member() for name in members}
+        self.rows = 0  # ok rows
+        self.unanimous = 0
+        self.saved = 0  # requests --escalate did not send
+        self.kappa: dict[str, FleissKappa] = {}
+
+    def asked(self, results: Iterable[RowResult]) -> None:
+        """The requests a row's fresh votes cost this run, each to its member."""
+        for result in results:
+            request = result.row.request
+            member = self.members.get(request.model if request else "")
+            if member is not None:
+                member.requests += result.usage.requests
+                member.input_tokens += result.usage.input_tokens
+                member.output_tokens += result.usage.output_tokens
+
+    def observe(self, votes: Sequence[Vote], output: Any, fields: Sequence[Path], *, ok: bool) -> None:
+        """An ok row's votes beside its consensus `output`."""
+        if not ok:
+            return
+        self.rows += 1
+        self.unanimous += unanimous(votes, fields)
+        valid = [v for v in votes if is_valid(v)]
+        for path in fields:
+            name = dotted(path)
+            keys = field_keys(valid, path)
+            self.kappa.setdefault(name, FleissKappa()).add(keys)
+            found, value = value_at(output, path)
+            winner = value_key(value) if found else None
+            for vote, key in zip(valid, keys, strict=True):
+                member = self.members.get(str(vote.get("model")))
+                if member is not None and key is not None and key == winner:
+                    member.agreeing[name] += 1
+        for vote in valid:
+            if (member := self.members.get(str(vote.get("model")))) is not None:
+                member.valid_votes += 1
+
+    def take_votes(self, other: PanelTally) -> None:
+        """The figures of `other`'s votes in place of these (not the requests): the output was
+        re-voted, and `other` saw it whole."""
+        for name, member in self.members.items():
+            counted = other.members.get(name, _Member())
+            member.valid_votes, member.agreeing = counted.valid_votes, counted.agreeing
+        self.rows, self.unanimous, self.kappa = other.rows, other.unanimous, other.kappa
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "vote": self.vote,
+            "members": {n: m.as_record(self.kappa) for n, m in self.members.items()},
+            "rows": self.rows,
+            "unanimous": self.unanimous,
+            "kappa": {name: k.kappa for name, k in self.kappa.items()},
+            "requests_saved": {"escalation": self.saved},
+        }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return float(f"{part / whole:.{DIGITS}g}") if whole else None
+
+
+def panel_lines(panel: dict[str, Any]) -> list[str]:
+    """The summary's lines about a panel."""
+    kappa = ", ".join(
+        f"{name} {'n/a' if k is None else f'{k:.3f}'}" for name, k in panel["kappa"].items()
+    )
+    lines = [
+        f"panel ({panel['vote']}): {panel['unanimous']} of {panel['rows']} ok rows unanimous"
+        + (f"; Fleiss' kappa {kappa}" if kappa else "")
+    ]
+    for name, member in panel["members"].items():
+        agreement = ", ".join(
+            f"{field} {'n/a' if share is None else f'{share:.0%}'}"
+            for field, share in member["agreement"].items()
+        )
+        lines.append(
+            f"  {name}: {member['requests']} requests, "
+            f"{member['input_tokens'] + member['output_tokens']} tokens, "
+            f"{member['valid_votes']} valid votes"
+            + (f", agree with the consensus on {agreement}" if agreement else "")
+        )
+    if saved := panel["requests_saved"]["escalation"]:
+        lines.append(f"  requests saved by --escalate: {saved}")
+    return lines
