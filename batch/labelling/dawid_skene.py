@@ -61,7 +61,10 @@ def dawid_skene(
         if new_loss - loss < tol:
             break
         loss = new_loss
-    posterior = {p: dict(zip(fit.labels, q, strict=True)) for p, q in zip(fit.patterns, fit.probas, strict=True)}
+    posterior = {
+        p: dict(zip(fit.labels, q, strict=True))
+        for p, q in zip(fit.patterns, fit.probas, strict=True)
+    }
     return [posterior[p] if p else {} for p in counted]
 
 
@@ -119,8 +122,12 @@ def _lower_bound(fit: _Fit) -> float:
     for pattern, weight, q in zip(fit.patterns, fit.weights, fit.probas, strict=True):
         for who, label, n in pattern:
             errors = fit.errors[(who, label)]
-            joint += weight * n * sum(
-                p * (math.log(e) + lp) for p, e, lp in zip(q, errors, log_priors, strict=True)
+            joint += (
+                weight
+                * n
+                * sum(
+                    p * (math.log(e) + lp) for p, e, lp in zip(q, errors, log_priors, strict=True)
+                )
             )
             answers += weight * n
         q[:] = [max(p, EPS) for p in q]

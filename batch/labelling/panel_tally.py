@@ -27,9 +27,7 @@ class _Member:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "valid_votes": self.valid_votes,
-            "agreement": {
-                name: _share(self.agreeing[name], self.valid_votes) for name in fields
-            },
+            "agreement": {name: _share(self.agreeing[name], self.valid_votes) for name in fields},
         }
 
 
@@ -52,7 +50,9 @@ class PanelTally:
                 member.input_tokens += result.usage.input_tokens
                 member.output_tokens += result.usage.output_tokens
 
-    def observe(self, votes: Sequence[Vote], output: Any, fields: Sequence[Path], *, ok: bool) -> None:
+    def observe(
+        self, votes: Sequence[Vote], output: Any, fields: Sequence[Path], *, ok: bool
+    ) -> None:
         """An ok row's votes beside its consensus `output`."""
         if not ok:
             return
@@ -96,8 +96,8 @@ def _share(part: int, whole: int) -> float | None:
     return float(f"{part / whole:.{DIGITS}g}") if whole else None
 
 
-def panel_lines(panel: dict[str, Any]) -> list[str]:
-    """The summary's lines about a panel."""
+def panel_lines(panel: dict[str, Any], *, costs: bool = True) -> list[str]:
+    """The summary's lines about a panel (`costs`: its requests and tokens too)."""
     kappa = ", ".join(
         f"{name} {'n/a' if k is None else f'{k:.3f}'}" for name, k in panel["kappa"].items()
     )
@@ -110,10 +110,10 @@ def panel_lines(panel: dict[str, Any]) -> list[str]:
             f"{field} {'n/a' if share is None else f'{share:.0%}'}"
             for field, share in member["agreement"].items()
         )
+        tokens = member["input_tokens"] + member["output_tokens"]
+        cost = f"{member['requests']} requests, {tokens} tokens, " if costs else ""
         lines.append(
-            f"  {name}: {member['requests']} requests, "
-            f"{member['input_tokens'] + member['output_tokens']} tokens, "
-            f"{member['valid_votes']} valid votes"
+            f"  {name}: {cost}{member['valid_votes']} valid votes"
             + (f", agree with the consensus on {agreement}" if agreement else "")
         )
     if saved := panel["requests_saved"]["escalation"]:

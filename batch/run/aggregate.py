@@ -83,7 +83,9 @@ def _native(raw: bytes) -> dict[str, Any] | None:
     return native
 
 
-def _revoted(raw: bytes, posterior: dict[FieldPath, dict[str, float]] | None, done: Revoted) -> bytes:
+def _revoted(
+    raw: bytes, posterior: dict[FieldPath, dict[str, float]] | None, done: Revoted
+) -> bytes:
     if not raw.strip():
         return raw
     record = json.loads(raw)
@@ -92,7 +94,9 @@ def _revoted(raw: bytes, posterior: dict[FieldPath, dict[str, float]] | None, do
     if native.get("status") != "ok" or not isinstance(votes, list):
         return raw
     fields = fields_of(native.get("agreement"))
-    made = _by_posterior(votes, fields, posterior) if posterior else majority_consensus(votes, fields)
+    made = (
+        _by_posterior(votes, fields, posterior) if posterior else majority_consensus(votes, fields)
+    )
     if made is None:
         return raw
     found, confidence = made
@@ -146,7 +150,9 @@ def _posteriors(path: Path) -> dict[int, dict[FieldPath, dict[str, float]]]:
         valid = [v for v in native["votes"] if is_valid(v)]
         for path_ in fields_of(native.get("agreement")):
             keys = field_keys(valid, path_)
-            answers = [(str(v.get("model")), k) for v, k in zip(valid, keys, strict=True) if k is not None]
+            answers = [
+                (str(v.get("model")), k) for v, k in zip(valid, keys, strict=True) if k is not None
+            ]
             rows.setdefault(path_, []).append((number, answers))
     found: dict[int, dict[FieldPath, dict[str, float]]] = {}
     for path_, tasks in rows.items():

@@ -247,7 +247,8 @@ def _invalid(exc: ValidationError, origin: Mapping[str, str]) -> str:
             problems.append(error["msg"].removeprefix("Value error, "))
             continue
         shown = SETTINGS[key].shown if key in SETTINGS else key
-        problems.append(f"{shown} (from {origin.get(key, key)}): {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{shown} (from {origin.get(key, key)}): {message}")
     return "invalid settings:\n  " + "\n  ".join(problems)
 
 

@@ -101,8 +101,8 @@ class PanelResume:
         for key, digest in self._reopen.items():
             if key in done:
                 done.add(key, digest ^ 1 or 2)
-        if self._reopen:
-            log.info("panel: %d done rows lack votes of this panel or have extra", len(self._reopen))
+        if reopened := len(self._reopen):
+            log.info("panel: %d done rows lack votes of this panel, or have extra", reopened)
 
 
 async def prepare_panel(
