@@ -420,3 +420,37 @@ def test_a_panel_that_cannot_run_is_refused(
     error = capsys.readouterr().err
     assert message in error
     assert "Value error" not in error
+
+
+def test_eval_measures_each_member_beside_the_panel(job: Path, fake: FakeOllama) -> None:
+    assert run(job, fake, "--panel", "a,b,c") == 0
+    out, report_path = job.with_name("in.out.jsonl"), job.with_name("eval.json")
+    html = job.with_name("eval.html")
+    argv = ["eval", str(out), "--gold", str(job), "--field", "topic"]
+    assert main([*argv, "--report", str(report_path), "--html", str(html)]) == 0
+    report = json.loads(report_path.read_text())
+    members = report["members"]
+    # The fake's known accuracies, each member on its own votes.
+    assert [members[m]["fields"]["topic"]["accuracy"] for m in "abc"] == [1.0, 0.75, 0.5]
+    rows = output(job)
+    for index, name in enumerate("abc"):
+        tokens = sum(
+            r["votes"][index]["usage"]["input_tokens"] + r["votes"][index]["usage"]["output_tokens"]
+            for r in rows.values()
+        )
+        correct = members[name]["fields"]["topic"]["correct"]
+        assert members[name]["tokens"] == tokens
+        assert members[name]["tokens_per_correct_label"] == round(tokens / correct, 1)
+    panel_tokens = sum(
+        r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in rows.values()
+    )
+    assert report["panel"]["tokens"] == panel_tokens
+    assert report["panel"]["correct_labels"] == report["fields"]["topic"]["correct"]
+    assert report["panel"]["kappa"]["topic"] == summary(job)["panel"]["kappa"]["topic"]
+    bands = report["fields"]["topic"]["agreement_bands"]
+    assert sum(b["rows"] for b in bands) == 12
+    unanimous = next(b for b in bands if b["to"] == 1.0)
+    assert unanimous["rows"] == summary(job)["panel"]["unanimous"]
+    page = html.read_text()
+    assert "Panel and members" in page and "b, own votes" in page
+    assert "Accuracy by the panel&#x27;s agreement" in page
