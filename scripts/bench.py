@@ -16,6 +16,7 @@
 - embedded:   tokens/s of the embedded backend against llama.cpp called directly
               (`bench_embedded.py`).
 - auto:       `--concurrency auto` against fakes of several slots and latencies (`bench_auto.py`).
+- panel:      a one-member panel (`--panel MODEL`) against the plain run, alternated pairs.
 
 Each program runs as its own process (the fake server too); wall time runs from its start to its
 exit, and peak RSS comes from `os.wait4` on that one process. Progress goes to stderr, the report
@@ -66,6 +67,7 @@ from bench_harness import (
 EFFICIENCY_SLOTS = 8
 EFFICIENCY_LATENCY = 0.05
 STARTUP_RUNS = 5
+PANEL_PAIRS = 5
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,39 @@ def bench_resume(suite: Suite) -> None:
     )
 
 
+def bench_panel(suite: Suite) -> None:
+    """A one-member panel (`--panel MODEL`: votes recorded, a consensus of one) against the
+    plain run of the same model, in pairs alternated so that a busy machine weighs on both."""
+    n, c = suite.rows, suite.concurrency
+    source = suite.input_file(n)
+    walls: dict[str, list[float]] = {"plain": [], "panel": []}
+    clocks: dict[str, list[float]] = {"plain": [], "panel": []}
+    with fake_ollama(suite, "panel", latency=0.0, slots=c) as url:
+        for pair in range(PANEL_PAIRS):
+            for kind in ("plain", "panel"):
+                output = suite.workdir / f"panel-{kind}-{pair}.jsonl"
+                command = suite.batch_command(source, output, url, c)
+                if kind == "panel":
+                    command[command.index("--model")] = "--panel"
+                note(f"  {kind} run {pair + 1} of {PANEL_PAIRS}: {n} rows, concurrency {c}")
+                walls[kind].append(n / suite.run(f"panel-{kind}-{pair}", command).wall_s)
+                summary = read_summary(output)
+                check_complete(f"panel ({kind})", summary, n)
+                clocks[kind].append(float(summary["throughput"]["rows_per_s"]))
+    for what, figures in (("process wall time", walls), ("own clock", clocks)):
+        panel, plain = statistics.median(figures["panel"]), statistics.median(figures["plain"])
+        suite.figures.append(
+            Figure(
+                "panel",
+                f"rows/s, {what}, one-member panel, median of {PANEL_PAIRS} alternated pairs "
+                f"({n:,} rows, c={c})",
+                rate(panel),
+                f"plain run: {rate(plain)}",
+                ratio(panel, plain),
+            )
+        )
+
+
 def _digests(suite: Suite) -> None:
     bench_reuse.bench_resume_digests(suite, max(suite.memory_rows))
 
@@ -280,6 +315,7 @@ BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "peers": bench_peers.peers,
     "embedded": bench_embedded.embedded,
     "auto": bench_auto.auto,
+    "panel": bench_panel,
 }
 
 
