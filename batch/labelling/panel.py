@@ -9,11 +9,10 @@ asks only the voters it lacks.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -23,7 +22,14 @@ from batch.core.rows import Row, RowResult, id_key
 from batch.core.schema import OutputSchema
 from batch.labelling.confidence import field_confidence
 from batch.labelling.panel_tally import PanelTally
-from batch.labelling.votes import Vote, is_valid, majority_consensus, unanimous, voter_of
+from batch.labelling.votes import (
+    Ballot,
+    Vote,
+    is_valid,
+    majority_consensus,
+    unanimous,
+    voter_of,
+)
 
 EarlierVotes = dict[str, tuple[str, list[Vote]]]  # id key -> (input digest, its line's votes)
 
@@ -107,6 +113,9 @@ class PanelLabeller:
         self.tally = PanelTally(plan.members, plan.vote)
         self._earlier = earlier or {}
         self._name = ",".join(plan.members)
+        self._voters = plan.voters
+        first, rest = plan.tiers()
+        self._tiers = (first, rest) if rest else (first,)
         self._fields: dict[int, tuple[OutputSchema, list[Path], dict[Path, Allowed]]] = {}
         self.completed = 0  # rows done before whose votes this run completed
 
@@ -118,23 +127,19 @@ class PanelLabeller:
             return await self._inner.label(row)
         started = time.monotonic()
         fields, allowed = self._fields_of(row.schema)
-        votes = self._kept(row)
+        votes = self._kept(row) if self._earlier else {}
         fresh: dict[Voter, RowResult] = {}
-        first, rest = self.plan.tiers()
-        for tier in (first, rest):
-            if not tier:
-                break
-            if tier is rest and self.plan.settled(votes, fields):
-                self.tally.saved += sum(v not in votes for v in rest)  # never asked
+        for tier in self._tiers:
+            if tier is not self._tiers[0] and self.plan.settled(votes, fields):
+                self.tally.saved += sum(v not in votes for v in tier)  # never asked
                 break
             asked = [v for v in tier if not is_valid(votes.get(v) or {})]
             await self._ask(row, asked, fresh)
             votes.update((v, self._vote(v, fresh[v], allowed)) for v in asked)
-        result = self._result(row, [votes[v] for v in self.plan.voters if v in votes], fresh)
+        for voter, asked_result in fresh.items():
+            self.tally.asked(voter.model, asked_result)
+        result = self._result(row, [votes[v] for v in self._voters if v in votes], fresh, fields)
         result.elapsed_s = time.monotonic() - started
-        self.tally.asked(fresh.values())
-        if result.votes is not None:
-            self.tally.observe(result.votes, result.output, fields, ok=result.failure is None)
         return result
 
     def _kept(self, row: Row) -> dict[Voter, Vote]:
@@ -170,6 +175,8 @@ class PanelLabeller:
 
     def _member_row(self, row: Row, voter: Voter) -> Row:
         assert row.request is not None
+        if voter.sample is None and voter.model == row.request.model:
+            return row  # the row as built (for the first member): its request is this vote's
         options = row.request.options
         if voter.sample is not None:  # its own seed, the same on every run
             seed = options.get("seed")
@@ -202,34 +209,36 @@ class PanelLabeller:
             vote["host"] = result.host
         return vote
 
-    def _result(self, row: Row, votes: list[Vote], fresh: Mapping[Voter, RowResult]) -> RowResult:
+    def _result(
+        self,
+        row: Row,
+        votes: list[Vote],
+        fresh: Mapping[Voter, RowResult],
+        fields: list[Path],
+    ) -> RowResult:
         assert row.request is not None
-        result = RowResult(replace(row, request=replace(row.request, model=self._name)))
-        result.votes = votes
+        if row.request.model != self._name:  # the line names the panel; the votes are asked
+            row.request = replace(row.request, model=self._name)
+        result = RowResult(row, votes=votes)
         for asked in fresh.values():  # this run's cost: the line sums every vote's
             result.attempts += asked.attempts
             result.usage.add(asked.usage)
             result.retries.extend(asked.retries)
-        fields, _ = self._fields_of(row.schema)
-        made = majority_consensus(votes, fields)
-        valid = sum(map(is_valid, votes))
+        ballot = Ballot.of(votes, fields)
+        made = majority_consensus(votes, fields, ballot)
         quorum = self.plan.quorum_of(len(votes))
-        if made is None or valid < quorum:
-            result.failure = _no_quorum(votes, valid, quorum)
+        if made is None or len(ballot.valid) < quorum:
+            result.failure = _no_quorum(votes, len(ballot.valid), quorum)
             return result
         found, shares = made
+        self.tally.observe(ballot, found.output)
         result.output, result.agreement = found.output, found.agreement
         result.confidence = shares if fields else None
-        result.content = found.output if isinstance(found.output, str) else _compact(found.output)
         source = fresh.get(Voter(*voter_of(votes[found.chosen])))
         if source is not None:
             result.host, result.done_reason = source.host, source.done_reason
             result.durations_ns = source.durations_ns
-        copies = [fresh[v] for v in fresh]
-        if copies and all(r.cached for r in copies):
-            result.cached = True
-        elif copies and len({r.same_as for r in copies}) == 1 and copies[0].same_as is not None:
-            result.same_as = copies[0].same_as
+        _reused(result, list(fresh.values()))
         return result
 
     def _fields_of(self, schema: OutputSchema | None) -> tuple[list[Path], dict[Path, Allowed]]:
@@ -252,5 +261,12 @@ def _no_quorum(votes: list[Vote], valid: int, quorum: int) -> NoQuorum:
     )
 
 
-def _compact(output: Any) -> str:
-    return json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+def _reused(result: RowResult, asked: list[RowResult]) -> None:
+    """The row was labelled with no request of its own: every vote came from the cache, or
+    every vote copied the same earlier row's."""
+    if not asked:
+        return
+    if all(r.cached for r in asked):
+        result.cached = True
+    elif asked[0].same_as is not None and all(r.same_as == asked[0].same_as for r in asked):
+        result.same_as = asked[0].same_as

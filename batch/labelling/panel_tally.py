@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from batch.core.categories import Path, dotted, value_at, value_key
+from batch.core.categories import dotted, value_at, value_key
 from batch.core.rows import RowResult
-from batch.labelling.votes import FleissKappa, Vote, field_keys, is_valid, unanimous
+from batch.labelling.votes import Ballot, FleissKappa
 
 DIGITS = 4
 
@@ -40,37 +40,28 @@ class PanelTally:
         self.saved = 0  # requests --escalate did not send
         self.kappa: dict[str, FleissKappa] = {}
 
-    def asked(self, results: Iterable[RowResult]) -> None:
-        """The requests a row's fresh votes cost this run, each to its member."""
-        for result in results:
-            request = result.row.request
-            member = self.members.get(request.model if request else "")
-            if member is not None:
-                member.requests += result.usage.requests
-                member.input_tokens += result.usage.input_tokens
-                member.output_tokens += result.usage.output_tokens
+    def asked(self, model: str, result: RowResult) -> None:
+        """The requests a fresh vote of `model` cost this run."""
+        if (member := self.members.get(model)) is not None:
+            member.requests += result.usage.requests
+            member.input_tokens += result.usage.input_tokens
+            member.output_tokens += result.usage.output_tokens
 
-    def observe(
-        self, votes: Sequence[Vote], output: Any, fields: Sequence[Path], *, ok: bool
-    ) -> None:
+    def observe(self, ballot: Ballot, output: Any) -> None:
         """An ok row's votes beside its consensus `output`."""
-        if not ok:
-            return
         self.rows += 1
-        self.unanimous += unanimous(votes, fields)
-        valid = [v for v in votes if is_valid(v)]
-        for path in fields:
+        self.unanimous += ballot.unanimous
+        members = [self.members.get(str(ballot.votes[i].get("model"))) for i in ballot.valid]
+        for path, keys in ballot.keys.items():
             name = dotted(path)
-            keys = field_keys(valid, path)
             self.kappa.setdefault(name, FleissKappa()).add(keys)
             found, value = value_at(output, path)
             winner = value_key(value) if found else None
-            for vote, key in zip(valid, keys, strict=True):
-                member = self.members.get(str(vote.get("model")))
+            for member, key in zip(members, keys, strict=True):
                 if member is not None and key is not None and key == winner:
                     member.agreeing[name] += 1
-        for vote in valid:
-            if (member := self.members.get(str(vote.get("model")))) is not None:
+        for member in members:
+            if member is not None:
                 member.valid_votes += 1
 
     def take_votes(self, other: PanelTally) -> None:

@@ -43,7 +43,7 @@ def fields_of(agreement: Any) -> list[Path]:
 
 
 def field_keys(votes: Iterable[Vote], path: Path) -> list[str | None]:
-    """Each valid vote's value of the field, as a key; None where its answer lacks the field."""
+    """Each vote's value of the field, as a key; None where its answer lacks the field."""
     keys: list[str | None] = []
     for vote in votes:
         found, value = value_at(vote.get("output"), path)
@@ -55,21 +55,46 @@ def _label(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
 
-def majority(votes: Sequence[Vote], path: Path) -> tuple[Winner, float] | None:
-    """The most given value of the field among the valid votes, and its share; a tie goes to
-    the value given first (the earliest member's, in panel order). None: no vote gave one."""
-    valid = [v for v in votes if is_valid(v)]
-    counts: Counter[str] = Counter()
-    first: dict[str, Any] = {}
-    for vote, key in zip(valid, field_keys(valid, path), strict=True):
-        if key is not None:
-            counts[key] += 1
-            first.setdefault(key, value_at(vote["output"], path)[1])
-    if not counts:
-        return None
-    top = max(counts.values())
-    key = next(k for k in first if counts[k] == top)
-    return (key, first[key]), top / len(valid)
+@dataclass(slots=True)
+class Ballot:
+    """A row's votes, read once: which are valid, and each field's key in each valid vote."""
+
+    votes: Sequence[Vote]
+    fields: Sequence[Path]
+    valid: list[int]  # indices of the valid votes
+    keys: dict[Path, list[str | None]]  # per field, per valid vote
+
+    @classmethod
+    def of(cls, votes: Sequence[Vote], fields: Sequence[Path]) -> Ballot:
+        valid = [i for i, vote in enumerate(votes) if vote.get("status") == "ok"]
+        chosen = [votes[i] for i in valid]
+        return cls(votes, fields, valid, {path: field_keys(chosen, path) for path in fields})
+
+    def majority(self, path: Path) -> Winner | None:
+        """The field's most given value; a tie goes to the value given first (the earliest
+        member's, in panel order). None: no vote gave one."""
+        counts: Counter[str] = Counter()
+        first: dict[str, int] = {}
+        for n, key in enumerate(self.keys[path]):
+            if key is not None:
+                counts[key] += 1
+                first.setdefault(key, n)
+        if not counts:
+            return None
+        top = max(counts.values())
+        key = next(k for k in first if counts[k] == top)
+        return key, value_at(self.votes[self.valid[first[key]]]["output"], path)[1]
+
+    @property
+    def unanimous(self) -> bool:
+        """Every valid vote gave the same answer: the same value of each categorical field (the
+        same whole output when there is none). False without a valid vote."""
+        if not self.valid:
+            return False
+        if not self.fields:
+            outputs = [self.votes[i].get("output") for i in self.valid]
+            return all(output == outputs[0] for output in outputs)
+        return all(len(set(keys)) == 1 for keys in self.keys.values())
 
 
 @dataclass(slots=True)
@@ -79,56 +104,47 @@ class Consensus:
     chosen: int  # the index (in the votes) of the vote the output was taken from
 
 
-def consensus(
-    votes: Sequence[Vote], winners: dict[Path, Winner], fields: Sequence[Path]
-) -> Consensus | None:
+def consensus(ballot: Ballot, winners: dict[Path, Winner]) -> Consensus | None:
     """The output the valid votes make with the fields' `winners`; None: no valid vote."""
-    valid = [i for i, v in enumerate(votes) if is_valid(v)]
+    valid, keys, votes = ballot.valid, ballot.keys, ballot.votes
     if not valid:
         return None
-    keys = {path: field_keys([votes[i] for i in valid], path) for path in fields}
+    if len(valid) == 1 and all(keys[p][0] == w[0] for p, w in winners.items()):
+        # One valid vote (a one-member panel): it is the consensus, as it stands.
+        agreement = {dotted(p): 1.0 if p in winners else 0.0 for p in ballot.fields}
+        return Consensus(votes[valid[0]].get("output"), agreement, valid[0])
     agreeing = [
-        sum(keys[path][n] == winners[path][0] for path in winners) for n in range(len(valid))
+        sum(keys[path][n] == winner[0] for path, winner in winners.items())
+        for n in range(len(valid))
     ]
     best = max(range(len(valid)), key=lambda n: (agreeing[n], -n))
-    chosen = valid[best]
-    output = votes[chosen].get("output")
+    output = votes[valid[best]].get("output")
     if agreeing[best] < len(winners):  # no vote agrees on every field: the winners set in
         output = copy.deepcopy(output)
         for path, (_, value) in winners.items():
             _set(output, path, value)
-    agreement = {
-        dotted(path): _rounded(
-            sum(k == winners[path][0] for k in keys[path]) / len(valid) if path in winners else 0.0
-        )
-        for path in fields
-    }
-    return Consensus(output, agreement, chosen)
+    agreement = {}
+    for path in ballot.fields:
+        won = winners.get(path)
+        agreeing_votes = keys[path].count(won[0]) if won is not None else 0
+        agreement[dotted(path)] = _rounded(agreeing_votes / len(valid))
+    return Consensus(output, agreement, valid[best])
 
 
 def majority_consensus(
-    votes: Sequence[Vote], fields: Sequence[Path]
+    votes: Sequence[Vote], fields: Sequence[Path], ballot: Ballot | None = None
 ) -> tuple[Consensus, dict[str, float]] | None:
     """The majority's consensus and its confidence (each field's vote share)."""
-    winners: dict[Path, Winner] = {}
-    for path in fields:
-        if (won := majority(votes, path)) is not None:
-            winners[path] = won[0]
-    found = consensus(votes, winners, fields)
+    ballot = ballot or Ballot.of(votes, fields)
+    winners = {path: won for path in fields if (won := ballot.majority(path)) is not None}
+    found = consensus(ballot, winners)
     if found is None:
         return None
-    return found, {name: share for name, share in found.agreement.items()}
+    return found, dict(found.agreement)
 
 
 def unanimous(votes: Sequence[Vote], fields: Sequence[Path]) -> bool:
-    """Every valid vote gave the same answer: the same value of each categorical field (the
-    same whole output when there is none). False without a valid vote."""
-    valid = [v for v in votes if is_valid(v)]
-    if not valid:
-        return False
-    if not fields:
-        return all(v.get("output") == valid[0].get("output") for v in valid)
-    return all(len(set(field_keys(valid, path))) == 1 for path in fields)
+    return Ballot.of(votes, fields).unanimous
 
 
 def summed(votes: Iterable[Vote], key: str) -> dict[str, int] | int:
@@ -170,7 +186,9 @@ class FleissKappa:
         self._values: Counter[str] = Counter()
         self._votes = 0
 
-    def add(self, keys: Iterable[str | None]) -> None:
+    def add(self, keys: Sequence[str | None]) -> None:
+        if len(keys) < 2:
+            return  # one vote agrees with nothing: the row says nothing of agreement
         counts = Counter(k for k in keys if k is not None)
         n = sum(counts.values())
         if n < 2:

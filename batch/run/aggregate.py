@@ -22,8 +22,8 @@ from batch.core.categories import dotted, value_at
 from batch.labelling.dawid_skene import dawid_skene
 from batch.labelling.panel_tally import PanelTally
 from batch.labelling.votes import (
+    Ballot,
     Consensus,
-    Vote,
     Winner,
     consensus,
     field_keys,
@@ -94,9 +94,11 @@ def _revoted(
     if native.get("status") != "ok" or not isinstance(votes, list):
         return raw
     fields = fields_of(native.get("agreement"))
-    made = (
-        _by_posterior(votes, fields, posterior) if posterior else majority_consensus(votes, fields)
-    )
+    ballot = Ballot.of(votes, fields)
+    if posterior:
+        made = _by_posterior(ballot, posterior)
+    else:
+        made = majority_consensus(votes, fields, ballot)
     if made is None:
         return raw
     found, confidence = made
@@ -107,29 +109,31 @@ def _revoted(
         native["confidence"] = confidence
     if shape == "openai":
         _set_content(record, found.output)
-    done.tally.observe(votes, found.output, fields, ok=True)
+    done.tally.observe(ballot, found.output)
     return encode_line(record)
 
 
 def _by_posterior(
-    votes: list[Vote], fields: list[FieldPath], posterior: dict[FieldPath, dict[str, float]]
+    ballot: Ballot, posterior: dict[FieldPath, dict[str, float]]
 ) -> tuple[Consensus, dict[str, float]] | None:
     winners: dict[FieldPath, Winner] = {}
     confidence: dict[str, float] = {}
-    valid = [v for v in votes if is_valid(v)]
-    for path in fields:
+    for path in ballot.fields:
         probabilities = posterior.get(path)
         if not probabilities:
             continue
         top = max(probabilities.values())
-        keys = field_keys(valid, path)
+        keys = ballot.keys[path]
         best = [k for k, p in probabilities.items() if p == top]
         key = next((k for k in keys if k in best), best[0])  # a tie: the earliest member's
-        given = next((v for v, k in zip(valid, keys, strict=True) if k == key), None)
-        value = value_at(given["output"], path)[1] if given else _value_of(key)
+        given = next((n for n, k in enumerate(keys) if k == key), None)
+        if given is None:
+            value = _value_of(key)
+        else:
+            value = value_at(ballot.votes[ballot.valid[given]]["output"], path)[1]
         winners[path] = (key, value)
         confidence[dotted(path)] = float(f"{top:.4g}")
-    found = consensus(votes, winners, fields)
+    found = consensus(ballot, winners)
     return None if found is None else (found, confidence)
 
 

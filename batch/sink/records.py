@@ -127,7 +127,7 @@ def _chat_completion(result: RowResult, digest: str, fingerprint: str) -> dict[s
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.content or "", "refusal": None},
+                "message": {"role": "assistant", "content": _reply(result), "refusal": None},
                 "logprobs": None,
                 "finish_reason": "length" if result.done_reason == "length" else "stop",
             }
@@ -140,6 +140,13 @@ def _chat_completion(result: RowResult, digest: str, fingerprint: str) -> dict[s
         },
         "system_fingerprint": f"batch-{fingerprint}",
     }
+
+
+def _reply(result: RowResult) -> str:
+    """The reply's text: the model's; a panel's consensus, as JSON."""
+    if result.votes is None or isinstance(result.output, str):
+        return result.content or (result.output if isinstance(result.output, str) else "")
+    return json.dumps(result.output, ensure_ascii=False, separators=(",", ":"))
 
 
 def native_view(record: dict[str, Any]) -> tuple[dict[str, Any], OutputFormat]:
