@@ -67,7 +67,7 @@ from bench_harness import (
 EFFICIENCY_SLOTS = 8
 EFFICIENCY_LATENCY = 0.05
 STARTUP_RUNS = 5
-PANEL_PAIRS = 5
+PANEL_PAIRS = 8
 
 
 @dataclass(frozen=True)
@@ -265,32 +265,46 @@ def bench_resume(suite: Suite) -> None:
 
 def bench_panel(suite: Suite) -> None:
     """A one-member panel (`--panel MODEL`: votes recorded, a consensus of one) against the
-    plain run of the same model, in pairs alternated so that a busy machine weighs on both."""
+    plain run of the same model, in pairs alternated so that a busy machine weighs on both.
+    CPU seconds a run are the steadier figure where other work shares the cores."""
     n, c = suite.rows, suite.concurrency
     source = suite.input_file(n)
-    walls: dict[str, list[float]] = {"plain": [], "panel": []}
-    clocks: dict[str, list[float]] = {"plain": [], "panel": []}
+    figures: dict[str, dict[str, list[float]]] = {
+        what: {"plain": [], "panel": []} for what in ("wall", "clock", "cpu")
+    }
     with fake_ollama(suite, "panel", latency=0.0, slots=c) as url:
         for pair in range(PANEL_PAIRS):
-            for kind in ("plain", "panel"):
+            # Each kind goes first in every other pair: the second run of a pair was measured
+            # slower, whichever it was (the fake server's state), so the order must not tell.
+            for kind in ("plain", "panel") if pair % 2 == 0 else ("panel", "plain"):
                 output = suite.workdir / f"panel-{kind}-{pair}.jsonl"
                 command = suite.batch_command(source, output, url, c)
                 if kind == "panel":
                     command[command.index("--model")] = "--panel"
                 note(f"  {kind} run {pair + 1} of {PANEL_PAIRS}: {n} rows, concurrency {c}")
-                walls[kind].append(n / suite.run(f"panel-{kind}-{pair}", command).wall_s)
+                measured = suite.run(f"panel-{kind}-{pair}", command)
                 summary = read_summary(output)
                 check_complete(f"panel ({kind})", summary, n)
-                clocks[kind].append(float(summary["throughput"]["rows_per_s"]))
-    for what, figures in (("process wall time", walls), ("own clock", clocks)):
-        panel, plain = statistics.median(figures["panel"]), statistics.median(figures["plain"])
+                figures["wall"][kind].append(n / measured.wall_s)
+                figures["clock"][kind].append(float(summary["throughput"]["rows_per_s"]))
+                figures["cpu"][kind].append(measured.cpu_s)
+    measures = {
+        "wall": "rows/s, process wall time",
+        "clock": "rows/s, own clock",
+        "cpu": "CPU seconds (user + system) a run",
+    }
+    for what, measure in measures.items():
+        panel = statistics.median(figures[what]["panel"])
+        plain = statistics.median(figures[what]["plain"])
+        shown = f"{panel:.2f} s" if what == "cpu" else rate(panel)
+        reference = f"{plain:.2f} s" if what == "cpu" else rate(plain)
         suite.figures.append(
             Figure(
                 "panel",
-                f"rows/s, {what}, one-member panel, median of {PANEL_PAIRS} alternated pairs "
+                f"{measure}, one-member panel, median of {PANEL_PAIRS} alternated pairs "
                 f"({n:,} rows, c={c})",
-                rate(panel),
-                f"plain run: {rate(plain)}",
+                shown,
+                f"plain run: {reference}",
                 ratio(panel, plain),
             )
         )

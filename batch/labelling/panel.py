@@ -134,7 +134,10 @@ class PanelLabeller:
                 self.tally.saved += sum(v not in votes for v in tier)  # never asked
                 break
             asked = [v for v in tier if not is_valid(votes.get(v) or {})]
-            await self._ask(row, asked, fresh)
+            if len(asked) == 1:  # one member, or a rerun that adds one: no frame between
+                fresh[asked[0]] = await self._inner.label(self._member_row(row, asked[0]))
+            else:
+                await self._ask(row, asked, fresh)
             votes.update((v, self._vote(v, fresh[v], allowed)) for v in asked)
         for voter, asked_result in fresh.items():
             self.tally.asked(voter.model, asked_result)
@@ -155,9 +158,6 @@ class PanelLabeller:
 
     async def _ask(self, row: Row, voters: list[Voter], into: dict[Voter, RowResult]) -> None:
         if not voters:
-            return
-        if len(voters) == 1:  # most often a rerun that adds one member: no task group
-            into[voters[0]] = await self._inner.label(self._member_row(row, voters[0]))
             return
         failures: list[Exception] = []
 

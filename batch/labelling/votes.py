@@ -109,10 +109,6 @@ def consensus(ballot: Ballot, winners: dict[Path, Winner]) -> Consensus | None:
     valid, keys, votes = ballot.valid, ballot.keys, ballot.votes
     if not valid:
         return None
-    if len(valid) == 1 and all(keys[p][0] == w[0] for p, w in winners.items()):
-        # One valid vote (a one-member panel): it is the consensus, as it stands.
-        agreement = {dotted(p): 1.0 if p in winners else 0.0 for p in ballot.fields}
-        return Consensus(votes[valid[0]].get("output"), agreement, valid[0])
     agreeing = [
         sum(keys[path][n] == winner[0] for path, winner in winners.items())
         for n in range(len(valid))
@@ -136,6 +132,10 @@ def majority_consensus(
 ) -> tuple[Consensus, dict[str, float]] | None:
     """The majority's consensus and its confidence (each field's vote share)."""
     ballot = ballot or Ballot.of(votes, fields)
+    if len(ballot.valid) == 1:  # one valid vote (a one-member panel): it is the consensus
+        agreement = {dotted(p): float(ballot.keys[p][0] is not None) for p in fields}
+        only = ballot.valid[0]
+        return Consensus(ballot.votes[only].get("output"), agreement, only), dict(agreement)
     winners = {path: won for path in fields if (won := ballot.majority(path)) is not None}
     found = consensus(ballot, winners)
     if found is None:
