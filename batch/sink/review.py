@@ -26,7 +26,7 @@ class ReviewFile:
     def wants(self, result: RowResult) -> bool:
         """A label below P: the least confident, or (a panel's) the least agreed on."""
         lowest = min((result.confidence or {}).values(), default=1.0)
-        return min(lowest, *(result.agreement or {}).values()) < self.below
+        return min([lowest, *(result.agreement or {}).values()]) < self.below
 
     async def write(self, results: list[RowResult]) -> None:
         await self._writer.write([encode_line(review_record(r)) for r in results])
