@@ -454,3 +454,23 @@ def test_eval_measures_each_member_beside_the_panel(job: Path, fake: FakeOllama)
     page = html.read_text()
     assert "Panel and members" in page and "b, own votes" in page
     assert "Accuracy by the panel&#x27;s agreement" in page
+
+
+def test_a_request_budget_counts_each_members_request(job: Path, fake: FakeOllama) -> None:
+    assert run(job, fake, "--panel", "a,b,c", "--max-requests", "7", "-c", "1") == 3
+    report = summary(job)
+    assert report["stopped_by"] == "max_requests"
+    assert len(fake.requests) <= 7 + 2  # the rows under way when it was met finish theirs
+    assert report["usage"]["requests"] == 3 * report["rows"]["ok"]
+    assert run(job, fake, "--panel", "a,b,c") == 0  # the next run labels the rest
+    assert len(output(job)) == 12
+    assert all(len(row["votes"]) == 3 for row in output(job).values())
+
+
+def test_shards_of_a_panel_merge_into_every_row_once(job: Path, fake: FakeOllama) -> None:
+    for shard in ("0/2", "1/2"):
+        assert run(job, fake, "--panel", "a,b", "--shard", shard) == 0
+    assert main(["merge", str(job)]) == 0
+    assert asked(fake) == {"a": 12, "b": 12}
+    assert all(len(row["votes"]) == 2 for row in output(job).values())
+    assert len(output(job)) == 12

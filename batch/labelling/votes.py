@@ -147,18 +147,6 @@ def unanimous(votes: Sequence[Vote], fields: Sequence[Path]) -> bool:
     return Ballot.of(votes, fields).unanimous
 
 
-def summed(votes: Iterable[Vote], key: str) -> dict[str, int] | int:
-    """`usage` (a table) or `attempts` (a number) summed over the votes: the line's own."""
-    if key == "attempts":
-        return sum(int(v.get("attempts") or 0) for v in votes)
-    total: Counter[str] = Counter({"requests": 0, "input_tokens": 0, "output_tokens": 0})
-    for vote in votes:
-        usage = vote.get("usage")
-        if isinstance(usage, dict):
-            total.update({k: int(n) for k, n in usage.items() if isinstance(n, int)})
-    return dict(total)
-
-
 def _set(output: Any, path: Path, value: Any) -> None:
     for part in path[:-1]:
         if not isinstance(output, dict):
