@@ -69,6 +69,7 @@ def build_parser(*, settings: bool = True) -> argparse.ArgumentParser:
             _add_settings(command, budgets=command is run)
     _add_merge(commands)
     _add_cache(commands)
+    _add_aggregate(commands)
     add_eval(commands)
     return parser
 
@@ -179,14 +180,58 @@ def _cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_aggregate(commands: Any) -> None:
+    aggregate = commands.add_parser(
+        "aggregate",
+        help="vote a panel's output again from the votes it recorded; send nothing",
+        description="Vote each row of a panel's output (--panel, --samples) again from the "
+        "votes its line recorded, with no request: the output, confidence and agreement of "
+        "every ok row. In place (atomically) unless -o names a new file. Exit 0: done; 2: "
+        "unreadable file.",
+    )
+    aggregate.add_argument("output", type=Path, metavar="OUTPUT", help="a panel's output JSONL")
+    aggregate.add_argument(
+        "--vote",
+        choices=("majority", "dawid-skene"),
+        default="majority",
+        help="majority (default), or dawid-skene: each member's errors learned from the output",
+    )
+    aggregate.add_argument("-o", "--output", dest="target", type=Path, help="write here instead")
+    aggregate.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from batch.core.errors import BatchError
+    from batch.labelling.panel_tally import panel_lines
+    from batch.run.aggregate import revote
+    from batch.sink.lock import hold_outputs
+
+    try:
+        if not args.output.is_file():
+            raise FileNotFoundError(f"output {args.output} does not exist")
+        with hold_outputs([args.output, *([args.target] if args.target else [])]):
+            done = revote(args.output, args.vote, args.target)
+    except (BatchError, OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_FATAL
+    target = args.target or args.output
+    lines = [
+        f"{done.rows} rows voted again ({args.vote}), {done.changed} outputs changed: {target}"
+    ]
+    lines += panel_lines(done.tally.as_record(), costs=False) if done.rows else []
+    sys.stderr.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(settings=bool(given) and given[0] in ("run", "plan")).parse_args(given)
     if args.command == "eval":
         return run_eval(args)
-    if args.command in ("merge", "cache"):
+    if args.command in ("merge", "cache", "aggregate"):
         _configure_logging(args.verbose, quiet=False)
-        return _merge(args) if args.command == "merge" else _cache(args)
+        commands = {"merge": _merge, "cache": _cache, "aggregate": _aggregate}
+        return commands[args.command](args)
     verbose = args.__dict__.pop("verbose")
     job_file = args.__dict__.pop("job_file")
     command = args.__dict__.pop("command")

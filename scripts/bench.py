@@ -16,6 +16,7 @@
 - embedded:   tokens/s of the embedded backend against llama.cpp called directly
               (`bench_embedded.py`).
 - auto:       `--concurrency auto` against fakes of several slots and latencies (`bench_auto.py`).
+- panel:      a one-member panel (`--panel MODEL`) against the plain run, alternated pairs.
 
 Each program runs as its own process (the fake server too); wall time runs from its start to its
 exit, and peak RSS comes from `os.wait4` on that one process. Progress goes to stderr, the report
@@ -66,6 +67,7 @@ from bench_harness import (
 EFFICIENCY_SLOTS = 8
 EFFICIENCY_LATENCY = 0.05
 STARTUP_RUNS = 5
+PANEL_PAIRS = 8
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,53 @@ def bench_resume(suite: Suite) -> None:
     )
 
 
+def bench_panel(suite: Suite) -> None:
+    """A one-member panel (`--panel MODEL`: votes recorded, a consensus of one) against the
+    plain run of the same model, in pairs alternated so that a busy machine weighs on both.
+    CPU seconds a run are the steadier figure where other work shares the cores."""
+    n, c = suite.rows, suite.concurrency
+    source = suite.input_file(n)
+    figures: dict[str, dict[str, list[float]]] = {
+        what: {"plain": [], "panel": []} for what in ("wall", "clock", "cpu")
+    }
+    with fake_ollama(suite, "panel", latency=0.0, slots=c) as url:
+        for pair in range(PANEL_PAIRS):
+            # Each kind goes first in every other pair: the second run of a pair was measured
+            # slower, whichever it was (the fake server's state), so the order must not tell.
+            for kind in ("plain", "panel") if pair % 2 == 0 else ("panel", "plain"):
+                output = suite.workdir / f"panel-{kind}-{pair}.jsonl"
+                command = suite.batch_command(source, output, url, c)
+                if kind == "panel":
+                    command[command.index("--model")] = "--panel"
+                note(f"  {kind} run {pair + 1} of {PANEL_PAIRS}: {n} rows, concurrency {c}")
+                measured = suite.run(f"panel-{kind}-{pair}", command)
+                summary = read_summary(output)
+                check_complete(f"panel ({kind})", summary, n)
+                figures["wall"][kind].append(n / measured.wall_s)
+                figures["clock"][kind].append(float(summary["throughput"]["rows_per_s"]))
+                figures["cpu"][kind].append(measured.cpu_s)
+    measures = {
+        "wall": "rows/s, process wall time",
+        "clock": "rows/s, own clock",
+        "cpu": "CPU seconds (user + system) a run",
+    }
+    for what, measure in measures.items():
+        panel = statistics.median(figures[what]["panel"])
+        plain = statistics.median(figures[what]["plain"])
+        shown = f"{panel:.2f} s" if what == "cpu" else rate(panel)
+        reference = f"{plain:.2f} s" if what == "cpu" else rate(plain)
+        suite.figures.append(
+            Figure(
+                "panel",
+                f"{measure}, one-member panel, median of {PANEL_PAIRS} alternated pairs "
+                f"({n:,} rows, c={c})",
+                shown,
+                f"plain run: {reference}",
+                ratio(panel, plain),
+            )
+        )
+
+
 def _digests(suite: Suite) -> None:
     bench_reuse.bench_resume_digests(suite, max(suite.memory_rows))
 
@@ -280,6 +329,7 @@ BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "peers": bench_peers.peers,
     "embedded": bench_embedded.embedded,
     "auto": bench_auto.auto,
+    "panel": bench_panel,
 }
 
 

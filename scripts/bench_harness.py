@@ -69,6 +69,8 @@ class Measured:
     wall_s: float
     peak_rss_kib: int
     exit_code: int
+    cpu_s: float = 0.0  # user and system time of the process: steadier than wall time on a
+    # machine that other work keeps busy
 
     @property
     def peak_rss_mb(self) -> float:
@@ -184,7 +186,7 @@ def measure(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path) -
     process.returncode = os.waitstatus_to_exitcode(status)
     # ru_maxrss is in KiB on Linux, in bytes on macOS.
     peak = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
-    return Measured(wall, peak, process.returncode)
+    return Measured(wall, peak, process.returncode, usage.ru_utime + usage.ru_stime)
 
 
 @contextmanager

@@ -81,3 +81,12 @@ def test_without_any_record_the_refusal_lists_what_shapes_a_label(
     err = refusal(capsys)
     assert "--model, --schema, --template, --system, --option, --think" in err
     assert "--overwrite" in err
+
+
+def test_a_panel_over_an_output_of_one_model_is_named(
+    server: FakeOllama, rows: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(rows, server.url) == 0
+    capsys.readouterr()
+    assert run_cli(rows, server.url, "--panel", "m,other") == 2
+    assert "--panel: one model made them" in refusal(capsys)

@@ -96,6 +96,10 @@ class RowResult:
     confidence: dict[str, float] | None = None  # per categorical field (batch.labelling.confidence)
     same_as: RowId | None = None  # a copy of this row's result: the request was the same
     cached: bool = False  # taken from the --cache file, not asked
+    # A panel's (batch.labelling.panel): each answer, and each categorical field's share of
+    # the valid ones that agree with the consensus. Its usage and attempts are this run's.
+    votes: list[dict[str, Any]] | None = None
+    agreement: dict[str, float] | None = None
 
     def fail(self, failure: RowFailure) -> None:
         """The row fails after all (its output cannot be written): it keeps no output."""

@@ -77,6 +77,7 @@ class FieldReport:
     mae_rows: int = 0
     mismatches: tuple[Mismatch, ...] = ()
     confidence_bands: list[dict[str, Any]] | None = None
+    agreement_bands: list[dict[str, Any]] | None = None  # a panel's output only
 
     def confused_pairs(self) -> list[dict[str, Any]]:
         """The (reference, output) pairs that went wrong, most frequent first."""
@@ -115,7 +116,12 @@ def evaluate_field(name: str, pairs: Sequence[tuple[ReferenceRow, OutputRow]]) -
             for (ref, _), r, o in zip(compared, reference, output, strict=True)
             if r != o
         ),
-        confidence_bands=_bands(name, compared, reference, output),
+        confidence_bands=_bands(
+            [out.confidence.get(name) for _, out in compared], reference, output
+        ),
+        agreement_bands=_bands(
+            [(out.agreement or {}).get(name) for _, out in compared], reference, output
+        ),
     )
     if report.categorical:
         _add_categorical(report, reference, output)
@@ -176,15 +182,12 @@ def _add_categorical(report: FieldReport, reference: list[Any], output: list[Any
 
 
 def _bands(
-    name: str,
-    compared: list[tuple[ReferenceRow, OutputRow]],
-    reference: Sequence[Hashable],
-    output: Sequence[Hashable],
+    scores: Sequence[float | None], reference: Sequence[Hashable], output: Sequence[Hashable]
 ) -> list[dict[str, Any]] | None:
+    """Accuracy by band of a row's score (its confidence, or a panel's agreement), over the
+    rows that have one; None when none has."""
     scored = [
-        (out.confidence[name], r == o)
-        for (_, out), r, o in zip(compared, reference, output, strict=True)
-        if name in out.confidence
+        (p, r == o) for p, r, o in zip(scores, reference, output, strict=True) if p is not None
     ]
     if not scored:
         return None

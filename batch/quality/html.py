@@ -37,6 +37,7 @@ def render_html(report: Report) -> str:
         _coverage(report),
         _gates(report),
     ]
+    parts.append(_panel(report))
     for name, field in report.fields.items():
         parts.append(_field(name, field, "agreement" if against else "accuracy"))
     parts.append("</body></html>")
@@ -111,6 +112,8 @@ def _field(name: str, field: FieldReport, measure: str) -> str:
         row.append(_distribution(*field.distribution))
     if field.confidence_bands is not None:
         row.append(_bands(field.confidence_bands))
+    if field.agreement_bands is not None:
+        row.append(_bands(field.agreement_bands, "the panel's agreement"))
     body.append(f"<div class=row>{''.join(row)}</div>")
     if field.per_value is not None:
         body.append(_per_value(field))
@@ -161,16 +164,45 @@ def _distribution(reference: dict[str, int], output: dict[str, int]) -> str:
     )
 
 
-def _bands(bands: list[dict[str, Any]]) -> str:
+def _bands(bands: list[dict[str, Any]], by: str = "confidence") -> str:
     lines = "".join(
         f"<tr><td class=l>{b['from']:g}&ndash;{b['to']:g}</td><td>{b['rows']}</td>"
         f"<td>{percent(b['accuracy'])}</td></tr>"
         for b in bands
     )
     return (
-        "<div><h3>Accuracy by confidence</h3><table class=bands><tr><th class=l>confidence</th>"
-        f"<th>rows</th><th>accuracy</th></tr>{lines}</table></div>"
+        f"<div><h3>Accuracy by {escape(by)}</h3><table class=bands><tr><th class=l>"
+        f"{escape(by.split()[-1])}</th><th>rows</th><th>accuracy</th></tr>{lines}</table></div>"
     )
+
+
+def _panel(report: Report) -> str:
+    """The members side by side with the panel: each field's accuracy (and kappa), and the
+    tokens each spent per correct label."""
+    panel = report.panel
+    if panel is None:
+        return ""
+    names = list(report.fields)
+    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+    rows = [("panel (consensus)", report.fields, panel.spent.as_json())]
+    rows += [(f"{member}, own votes", f, s.as_json()) for member, (f, s) in panel.members.items()]
+    lines = "".join(
+        f"<tr><td class=l>{escape(who)}</td>"
+        + "".join(f"<td>{_score(fields[name])}</td>" for name in names)
+        + f"<td>{figure(spent['tokens_per_correct_label'])}</td></tr>"
+        for who, fields, spent in rows
+    )
+    kappa = ", ".join(f"{escape(n)} {figure(k)}" for n, k in panel.kappa.items()) or "n/a"
+    return (
+        "<div class=card id=panel><h2>Panel and members</h2>"
+        f"<p class=muted>Fleiss' kappa over the votes: {kappa}</p><table><tr><th class=l></th>"
+        f"{head}<th>tokens per correct label</th></tr>{lines}</table></div>"
+    )
+
+
+def _score(field: FieldReport) -> str:
+    kappa = f" (kappa {figure(field.kappa)})" if field.categorical else ""
+    return f"{percent(field.accuracy)}{kappa}"
 
 
 def _per_value(field: FieldReport) -> str:

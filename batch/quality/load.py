@@ -46,6 +46,9 @@ class OutputRow:
     # `l` and the line, for a line written before a run marked rows without an id: it says
     # `"id": N` on line N, which is that row when the reference's line N gives no id.
     by_line: str | None = None
+    votes: tuple[dict[str, Any], ...] | None = None  # a panel's (`votes`), as recorded
+    agreement: dict[str, float] | None = None  # a panel's, per categorical field
+    tokens: int = 0  # input and output tokens the line's usage records
 
 
 @dataclass(slots=True)
@@ -182,19 +185,42 @@ def _output_row(key: str, native: dict[str, Any]) -> OutputRow:
     given = native.get("id")
     if key[0] == "i" and isinstance(given, int) and given == native.get("line"):
         by_line = f"l{given}"
-    raw_confidence = native.get("confidence")
-    confidence = {
-        name: float(p)
-        for name, p in (raw_confidence.items() if isinstance(raw_confidence, dict) else [])
-        if isinstance(p, int | float) and not isinstance(p, bool)
+    confidence = _figures(native.get("confidence"))
+    votes = native.get("votes")
+    panel: dict[str, Any] = {
+        "by_line": by_line,
+        "votes": tuple(v for v in votes if isinstance(v, dict))
+        if isinstance(votes, list)
+        else None,
+        "agreement": _figures(native.get("agreement")) if isinstance(votes, list) else None,
+        "tokens": _tokens(native.get("usage")),
     }
     if native.get("status") != "ok":
         error = native.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
-        return OutputRow(shown(key), False, {}, confidence, str(kind or "error"), by_line)
-    output = native.get("output")
-    values = flatten(output) if isinstance(output, dict) else {TEXT_OUTPUT: output}
-    return OutputRow(shown(key), True, values, confidence, by_line=by_line)
+        return OutputRow(shown(key), False, {}, confidence, str(kind or "error"), **panel)
+    values = output_values(native.get("output"))
+    return OutputRow(shown(key), True, values, confidence, **panel)
+
+
+def output_values(output: Any) -> dict[str, Any]:
+    """An output's fields as compared: flattened, or a text output as `output`."""
+    return flatten(output) if isinstance(output, dict) else {TEXT_OUTPUT: output}
+
+
+def _figures(raw: Any) -> dict[str, float]:
+    items = raw.items() if isinstance(raw, dict) else []
+    return {
+        name: float(p)
+        for name, p in items
+        if isinstance(p, int | float) and not isinstance(p, bool)
+    }
+
+
+def _tokens(usage: Any) -> int:
+    if not isinstance(usage, dict):
+        return 0
+    return sum(n for k, n in usage.items() if k.endswith("_tokens") and isinstance(n, int))
 
 
 def load_gold(path: Path) -> dict[str, ReferenceRow]:

@@ -26,6 +26,15 @@ figure does not apply to the field or is undefined.
      "passed": true}
 
 With `--against`, the other run is the reference: `accuracy` is the percent agreement (0-1).
+
+A panel's output (its lines carry `votes`, docs/panels.md) adds `agreement_bands` to each field
+(accuracy by the row's agreement on it, as `confidence_bands`; null for a field that is not
+categorical), and two keys:
+
+     "members": {MODEL: {"fields": {NAME: {...as in "fields"...}},
+                         "tokens", "correct_labels", "tokens_per_correct_label"}},
+     "panel": {"kappa": {NAME: Fleiss' kappa over the votes},
+               "tokens", "correct_labels", "tokens_per_correct_label"}
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from batch.quality.load import (
     load_outputs,
     match,
 )
+from batch.quality.members import PanelReport, evaluate_members
 
 VERSION = 1
 STRING_COMPARISON = "trimmed, case-folded"
@@ -60,6 +70,7 @@ class Report:
     fields: dict[str, FieldReport]
     gates: list[GateResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # about the files read, for stderr
+    panel: PanelReport | None = None
 
     @property
     def failed_ids(self) -> list[str]:
@@ -76,6 +87,7 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         matched = self.matched
         failed = self.failed_ids
+        panel = self.panel is not None
         return {
             "version": VERSION,
             "output": str(self.output),
@@ -95,13 +107,28 @@ class Report:
                 "reference_failed": len(matched.reference_failed),
                 "reference_failed_ids": matched.reference_failed,
             },
-            "fields": {name: field_json(report) for name, report in self.fields.items()},
+            "fields": {name: field_json(report, panel) for name, report in self.fields.items()},
+            **self._panel_json(),
             "gates": [result.as_json() for result in self.gates],
             "passed": self.passed,
         }
 
+    def _panel_json(self) -> dict[str, Any]:
+        if self.panel is None:
+            return {}
+        return {
+            "members": {
+                member: {
+                    "fields": {name: field_json(r, True) for name, r in fields.items()},
+                    **spent.as_json(),
+                }
+                for member, (fields, spent) in self.panel.members.items()
+            },
+            "panel": {"kappa": self.panel.kappa, **self.panel.spent.as_json()},
+        }
 
-def field_json(report: FieldReport) -> dict[str, Any]:
+
+def field_json(report: FieldReport, panel: bool = False) -> dict[str, Any]:
     names, columns, counts = report.confusion or (None, None, None)
     reference_counts, output_counts = report.distribution or (None, None)
     return {
@@ -140,7 +167,7 @@ def field_json(report: FieldReport) -> dict[str, Any]:
         ],
         "confused_pairs": report.confused_pairs(),
         "confidence_bands": report.confidence_bands,
-    }
+    } | ({"agreement_bands": report.agreement_bands} if panel else {})
 
 
 def evaluate(
@@ -172,6 +199,7 @@ def evaluate(
         matched=matched,
         fields=reports,
         warnings=warnings,
+        panel=evaluate_members(matched, reports),
     )
 
 

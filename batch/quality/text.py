@@ -32,6 +32,7 @@ def render_text(report: Report) -> str:
     lines.append(f"strings are compared {STRING_COMPARISON}")
     for name, field in report.fields.items():
         lines += _field_lines(name, field, "agreement" if against else "accuracy")
+    lines += _panel_lines(report)
     for result in report.gates:
         lines.append(f"gate {result.describe()}")
     return "\n".join(lines)
@@ -67,15 +68,44 @@ def _field_lines(name: str, field: FieldReport, measure: str) -> list[str]:
     for pair in field.confused_pairs()[:WORST_PAIRS_SHOWN]:
         ids = ", ".join(example["id"] for example in pair["examples"])
         lines.append(f"  {pair['reference']} -> {pair['output']}: {pair['count']} (e.g. {ids})")
-    if field.confidence_bands is not None:
-        for band in field.confidence_bands:
+    for what, bands in (
+        ("confidence", field.confidence_bands),
+        ("agreement", field.agreement_bands),
+    ):
+        for band in bands or ():
             if band["rows"]:
                 close = "]" if band["to"] == 1 else ")"
                 lines.append(
-                    f"  confidence [{band['from']:g}, {band['to']:g}{close}: {band['correct']}/"
+                    f"  {what} [{band['from']:g}, {band['to']:g}{close}: {band['correct']}/"
                     f"{band['rows']} = {percent(band['accuracy'])}"
                 )
     return lines
+
+
+def _panel_lines(report: Report) -> list[str]:
+    """A panel's members, each on its own votes, beside the panel."""
+    panel = report.panel
+    if panel is None:
+        return []
+    kappa = ", ".join(f"{name} {figure(k)}" for name, k in panel.kappa.items())
+    lines = [f"panel: tokens per correct label {_per_label(panel.spent.as_json())}"]
+    if kappa:
+        lines[0] += f"; Fleiss' kappa over the votes {kappa}"
+    for member, (fields, spent) in panel.members.items():
+        scores = ", ".join(
+            f"{name} {field.correct}/{field.compared} = {percent(field.accuracy)}"
+            for name, field in fields.items()
+        )
+        lines.append(
+            f"  member {member} (its own votes): {scores}; tokens per correct label "
+            f"{_per_label(spent.as_json())}"
+        )
+    return lines
+
+
+def _per_label(spent: dict[str, float | int | None]) -> str:
+    value = spent["tokens_per_correct_label"]
+    return "n/a" if value is None else f"{value:g}"
 
 
 def _confusion_lines(rows: list[str], columns: list[str], counts: list[list[int]]) -> list[str]:

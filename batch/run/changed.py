@@ -31,9 +31,13 @@ def refusal(config: JobConfig, found: SettingsChanged) -> ConfigError:
     path = config.output_path
     head = f"{path} holds rows labelled under other settings (line {found.line})"
     earlier = _earlier_settings(config.summary_path, found.stamp)
-    if earlier is None and found.model is not None and found.model != config.prompt.model:
-        earlier = {"model": found.model}
-    differences = _differences(earlier or {}, recorded_settings(config, schema))
+    now = recorded_settings(config, schema)
+    if earlier is not None:
+        differences = _differences(earlier, now, earlier.keys() | now.keys())
+    elif found.model is not None and found.model != config.prompt.model:
+        differences = _differences({"model": found.model}, now, {"model"})
+    else:
+        differences = []
     if differences:
         what = "; ".join(differences)
     else:
@@ -60,10 +64,10 @@ def _earlier_settings(summary_path: Path, stamp: Any) -> dict[str, Any] | None:
     return settings if isinstance(settings, dict) else None
 
 
-def _differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def _differences(earlier: dict[str, Any], now: dict[str, Any], keys: set[str]) -> list[str]:
     found: list[str] = []
-    for key in earlier.keys() & now.keys():
-        was, new = earlier[key], now[key]
+    for key in keys:
+        was, new = earlier.get(key), now.get(key)
         if was == new:
             continue
         if key == "options":
@@ -72,9 +76,12 @@ def _differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
             found.append("--schema: the schema differs")
         elif key == "backend":
             found.append(f"--host: was {_backend(was)}, now {_backend(new)}")
+        elif key == "panel":
+            found.append(f"--panel: {'a panel made them' if was else 'one model made them'}")
         else:
             found.append(f"--{key}: was {_shown(was)}, now {_shown(new)}")
     order = ["--model", "--schema", "--template", "--system", "--option", "--think", "--host"]
+    order.append("--panel")
     return sorted(
         found, key=lambda text: next(i for i, f in enumerate(order) if text.startswith(f))
     )

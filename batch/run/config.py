@@ -29,6 +29,7 @@ from batch.run.settings import (
     FileSettings,
     HostSettings,
     ObserveSettings,
+    PanelSettings,
     PromptSettings,
     QualitySettings,
     RetrySettings,
@@ -53,6 +54,7 @@ class JobConfig(BaseModel):
     files: FileSettings = Field(default_factory=FileSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    voting: PanelSettings = Field(default_factory=PanelSettings)
     reuse: ReuseSettings = Field(default_factory=ReuseSettings)
     serving: HostSettings = Field(default_factory=HostSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
@@ -90,6 +92,19 @@ class JobConfig(BaseModel):
     def _headers_name_hosts_of_the_run(self) -> JobConfig:
         check_header_hosts(self.access.headers, self.serving.hosts)
         return self
+
+    @model_validator(mode="after")
+    def _samples_name_a_model(self) -> JobConfig:
+        if self.voting.samples > 1 and not self.voting.panel and not self.prompt.model:
+            raise ValueError("--samples needs --model (or --panel): the model to ask N times")
+        return self
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The models a panel run asks, in panel order: --panel, else --model alone."""
+        if self.voting.panel:
+            return self.voting.panel
+        return (self.prompt.model,) if self.prompt.model else ()
 
     def __repr_args__(self) -> Any:
         # SecretStr hides keys and header values; hosts may carry user:password too.
@@ -148,14 +163,19 @@ class JobConfig(BaseModel):
         """The settings that shape a label, but the schema: the summary records them, so that a
         refused rerun can say which one changed. No secret is among them (no URL, no header)."""
         prompt = self.prompt
-        return {
-            "model": prompt.model,
+        panel = self.voting.active
+        shaping = {
+            # A panel's members are not in the stamp: a rerun may add one, or leave one out.
+            "model": None if panel else prompt.model,
             "template": prompt.template,
             "system": prompt.system,
             "options": prompt.options,
             "think": prompt.think,
             "backend": self.backend,
         }
+        if panel:  # only then, so that outputs of one model keep their stamp
+            shaping["panel"] = True
+        return shaping
 
     @property
     def backend(self) -> str:

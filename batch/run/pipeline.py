@@ -33,11 +33,20 @@ from batch.core.window import ReorderWindow
 from batch.labelling.budget import Budget, BudgetReached, Budgets
 from batch.labelling.confidence import AskingLogprobs
 from batch.labelling.labeller import Labeller, RetryPolicy
+from batch.labelling.panel import PanelLabeller
 from batch.reuse.cache import AnswerCache
 from batch.reuse.dedup import ReusingLabeller
 from batch.run.changed import recorded_settings, refusal
 from batch.run.config import JobConfig
 from batch.run.observing import EXPORT_EVERY_S, Observers, open_observers
+from batch.run.panel_run import (
+    PanelResume,
+    finish_panel,
+    panel_labeller,
+    panel_plan,
+    prepare_panel,
+    sample_warnings,
+)
 from batch.run.plan import make_plan
 from batch.run.progress import show_progress
 from batch.run.summary import RunSummary, build_summary, write_summary
@@ -98,12 +107,15 @@ async def _run_job(
     stats = RunStats()  # the clock starts here: reading the earlier output is part of the run
     schema = load_schema(config.prompt.schema_ref) if config.prompt.schema_ref else None
     codec = RecordCodec(config.fingerprint(schema), config.files.output_format)
+    panel = await prepare_panel(config, codec, panel_plan(config))  # before compaction
     try:
         done = await anyio.to_thread.run_sync(
             partial(prepare_output, config.output_path, codec, overwrite=config.files.overwrite)
         )
     except SettingsChanged as found:
         raise refusal(config, found) from None
+    if panel is not None:
+        panel.reopen(done)
     done_before = len(done)  # the table fills with this run's ids from here on
     if (errors_file := config.files.errors_file) is not None:
         # It lists the failures of the latest run; a rerun tries them again.
@@ -111,13 +123,11 @@ async def _run_job(
     budget = Budget(budgets or config.budgets.limits())
     pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
+    watch.warnings += sample_warnings(config)
     observers = open_observers(config, stats, pool.hosts)
-    parts = (pool, watch, cache, opener, budget, observers)
+    parts = (pool, watch, cache, opener, budget, observers, panel)
     run = _assemble(config, stats, codec, done, schema, *parts)
-    model = config.prompt.model or "the model each row names"
-    started = event("run_started", input=str(config.input), model=config.prompt.model)
-    started[FIELDS].update(hosts=pool.names, output=str(config.output_path))
-    log.info("labelling %s with %s on %s", config.input, model, pool.name, extra=started)
+    _log_start(config, pool)
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
     try:
@@ -127,6 +137,8 @@ async def _run_job(
             await _finish_rerun(config, codec, done, done_before, run, stats)
         if config.files.ordered and done_before:  # a rerun appended after the rows it kept
             await anyio.to_thread.run_sync(sort_by_line, config.output_path)
+        if isinstance(run.labeller, PanelLabeller) and run.fatal is None:
+            await finish_panel(config, run.labeller)
     finally:
         await pool.aclose()
         run.labeller.close()
@@ -150,6 +162,7 @@ async def _summarize(
     watch: LabelWatch,
     run: _Run,
 ) -> RunSummary:
+    panel_fields = _panel_fields(run, stats)  # first: it corrects the count of changed rows
     summary = build_summary(
         stats,
         input_path=config.input,
@@ -163,11 +176,26 @@ async def _summarize(
         errors_path=config.files.errors_file,
         host_report=pool.report(),
         shard=config.sharding.shard,
-    ).model_copy(update=watch.summary_fields())
+    ).model_copy(update={**watch.summary_fields(), **panel_fields})
     # After the summary's clock stopped: the count of rows left is no part of the run.
     return await _after_budget(
         summary, config, run, row_defaults(config, schema), codec.fingerprint
     )
+
+
+def _panel_fields(run: _Run, stats: RunStats) -> dict[str, Any]:
+    if not isinstance(run.labeller, PanelLabeller):
+        return {}
+    stats.changed -= run.labeller.completed  # sent again for votes, not a new input
+    return {"panel": run.labeller.tally.as_record()}
+
+
+def _log_start(config: JobConfig, pool: HostPool) -> None:
+    model = ",".join(config.members) if config.voting.active else config.prompt.model
+    shown = model or "the model each row names"
+    started = event("run_started", input=str(config.input), model=model)
+    started[FIELDS].update(hosts=pool.names, output=str(config.output_path))
+    log.info("labelling %s with %s on %s", config.input, shown, pool.name, extra=started)
 
 
 def _status(summary: RunSummary, run: _Run) -> str:
@@ -190,6 +218,7 @@ def _assemble(
     opener: Opener,
     budget: Budget,
     observers: Observers,
+    panel: PanelResume | None = None,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
     window = ReorderWindow[Item]() if config.files.ordered else None
@@ -201,13 +230,14 @@ def _assemble(
         ),
         observers.events,
     )
+    reusing = ReusingLabeller(
+        labeller, dedup=config.reuse.dedup, cache=cache, salt=reply_salt(config)
+    )
     return _Run(
         source=RowSource(
             config.input, builder, done, stats, shard=config.shard_spec, window=window
         ),
-        labeller=ReusingLabeller(
-            labeller, dedup=config.reuse.dedup, cache=cache, salt=reply_salt(config)
-        ),
+        labeller=panel_labeller(config, reusing, panel) if config.voting.active else reusing,
         sink=ResultSink(
             config.output_path,
             codec,
@@ -300,7 +330,8 @@ async def _after_budget(
 
 def row_defaults(config: JobConfig, schema: OutputSchema | None) -> RowDefaults:
     return RowDefaults(
-        model=config.prompt.model,
+        # A panel's rows are built for its first member; each member's request names its own.
+        model=config.members[0] if config.voting.active else config.prompt.model,
         options=config.prompt.options,
         template=config.prompt.template,
         system=config.prompt.system,
@@ -314,7 +345,7 @@ class _Run:
     """The task group: the source, the labellers and the sink, and what stops them."""
 
     source: RowSource
-    labeller: ReusingLabeller
+    labeller: ReusingLabeller | PanelLabeller
     sink: ResultSink
     slots: int
     grace_period: float

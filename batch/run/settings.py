@@ -253,6 +253,97 @@ class QualitySettings(SettingsGroup):
         return self.logprobs or self.review_below is not None
 
 
+def _members(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
+class PanelSettings(SettingsGroup):
+    """Several answers a row, voted into one (docs/panels.md): a panel of models, samples."""
+
+    title = "panels of models (see also: batch aggregate)"
+
+    panel: Annotated[
+        tuple[str, ...],
+        Flag(
+            ("--panel",),
+            "ask each row of every one of these models and vote (a row's own model is not "
+            "asked): M1,M2,M3",
+            metavar="M1,M2,...",
+            type=_members,
+            env_form="list",
+        ),
+    ] = ()
+    samples: Annotated[
+        int,
+        Field(ge=1, le=100),
+        Flag(
+            ("--samples",),
+            "answers from each member (or from --model alone), each with its own seed; "
+            "useful with --option temperature above 0",
+            metavar="N",
+            type=int,
+        ),
+    ] = 1
+    vote: Annotated[
+        Literal["majority", "dawid-skene"],
+        Flag(
+            ("--vote",),
+            "majority (default; a tie goes to the earliest member), or dawid-skene: each "
+            "member's errors learned over the run, the output re-voted at its end",
+            choices=("majority", "dawid-skene"),
+        ),
+    ] = "majority"
+    escalate: Annotated[
+        bool,
+        Flag(
+            ("--escalate",),
+            "ask the members after the first two only where those two disagree",
+            action="store_true",
+        ),
+    ] = False
+    quorum: Annotated[
+        int | None,
+        Field(ge=1),
+        Flag(
+            ("--quorum",),
+            "valid votes a row needs to be ok (default: a majority of the answers asked)",
+            metavar="K",
+            type=int,
+        ),
+    ] = None
+
+    @field_validator("panel", mode="before")
+    @classmethod
+    def _panel_parses(cls, value: Any) -> Any:
+        """`a,b` or `["a", "b"]`, from a flag, the environment or a job file."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = [n.strip() for item in value for n in str(item).split(",")]
+            if any(not name for name in value):
+                raise ValueError("name every member: M1,M2,M3, with no empty name")
+            if len(set(value)) < len(value):
+                raise ValueError("a model is named twice: --samples asks one model several times")
+        return value
+
+    @model_validator(mode="after")
+    def _panel_is_consistent(self) -> PanelSettings:
+        if self.escalate and len(self.panel) < 3:
+            raise ValueError("--escalate needs a --panel of three or more models")
+        voters = max(len(self.panel), 1) * self.samples
+        if self.quorum is not None and self.quorum > voters:
+            raise ValueError(
+                f"--quorum {self.quorum} is more than the {voters} answers a row gets "
+                "(--panel members times --samples)"
+            )
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Rows get votes: a panel, or several samples of one model."""
+        return bool(self.panel) or self.samples > 1
+
+
 class ReuseSettings(SettingsGroup):
     """Reruns and reuse (docs/deployment.md): duplicates, the shared cache."""
 
@@ -641,6 +732,7 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "files": FileSettings,
     "prompt": PromptSettings,
     "quality": QualitySettings,
+    "voting": PanelSettings,
     "reuse": ReuseSettings,
     "serving": HostSettings,
     "retries": RetrySettings,

@@ -13,6 +13,7 @@ from batch.core.errors import PromptTruncated
 from batch.core.states import StopReason
 from batch.core.stats import RunStats
 from batch.labelling.budget import FLAGS
+from batch.labelling.panel_tally import panel_lines
 from batch.sink.label_watch import label_lines
 
 PROMPT_TRUNCATED = PromptTruncated.kind
@@ -57,6 +58,7 @@ OPTIONAL = frozenset(
         "labels",
         "confidence",
         "review",
+        "panel",
     }
 )
 
@@ -92,6 +94,8 @@ class RunSummary(BaseModel):
     labels: dict[str, dict[str, int]] | None = None
     confidence: dict[str, int] | None = None
     review: dict[str, Any] | None = None
+    # A panel's (labelling/panel_tally.py): per member, unanimous rows, Fleiss' kappa.
+    panel: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
     shard: str | None = None
     by_host: dict[str, dict[str, Any]] | None = None
@@ -248,6 +252,8 @@ def human_summary(summary: RunSummary, summary_path: Path) -> str:
             f"now {host['state']}{lacks}"
         )
     lines.extend(label_lines(summary.labels, summary.review, summary.rows.skipped))
+    if summary.panel is not None:
+        lines.extend(panel_lines(summary.panel))
     if len(by_host) == 1:
         lines.append(f"concurrency: {concurrency_text(next(iter(by_host.values())))}")
     if summary.stopped_by is not None and summary.stopped_by.is_budget:

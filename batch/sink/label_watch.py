@@ -116,7 +116,9 @@ class LabelWatch:
         self.labels.count(result.output, fields)
         if not (self._logprobs and fields):
             return
-        if result.logprobs is None:
+        if result.votes is not None:
+            pass  # a panel's row: its confidence is the vote's (labelling/panel.py)
+        elif result.logprobs is None:
             self._no_logprobs(result.host)
         elif result.content is not None:
             result.confidence = field_confidence(result.content, result.logprobs, fields)

@@ -3,7 +3,8 @@
 Native lines (one JSON object a row; keys in this order, which resume relies on):
 
     {"id": …, "line": N, "id_from_line": true (for a row that gives no id: its id is N),
-     "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with --logprobs),
+     "status": "ok"|"error", "output"|"error": …, "confidence": {…} (with --logprobs, or a
+     panel's), "agreement": {…}, "votes": […] (a panel's: labelling/votes.py),
      "attempts": …, "usage": {…}, "model": …, "host": …, "done_reason": …,
      "durations_ns": {…}, "elapsed_s": …, "trace_id": … (with OpenTelemetry),
      "config": "<fingerprint>",
@@ -59,11 +60,14 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
         record["output"] = result.output
         if result.confidence is not None:
             record["confidence"] = result.confidence
+        if result.agreement is not None:
+            record["agreement"] = result.agreement
     else:
         record["status"] = "error"
         record["error"] = result.failure.as_record()
-    record["attempts"] = result.attempts
-    record["usage"] = result.usage.as_record()
+    if result.votes is not None:
+        record["votes"] = result.votes
+    record["attempts"], record["usage"] = line_cost(result)
     if result.same_as is not None:
         record["same_as"] = result.same_as
     if result.cached:
@@ -83,6 +87,19 @@ def native_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
     if result.row.digest:  # last, at a fixed distance from the end: resume reads it at a glance
         record[DIGEST_KEY] = result.row.digest
     return record
+
+
+def line_cost(result: RowResult) -> tuple[int, dict[str, int]]:
+    """A line's attempts and usage: a panel's sum every vote it keeps, earlier runs' too."""
+    if result.votes is None:
+        return result.attempts, result.usage.as_record()
+    usage = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+    attempts = 0
+    for vote in result.votes:
+        attempts += vote.get("attempts", 0)
+        for key, count in vote.get("usage", {}).items():
+            usage[key] = usage.get(key, 0) + count
+    return attempts, usage
 
 
 def openai_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
@@ -108,7 +125,7 @@ def openai_record(result: RowResult, fingerprint: str) -> dict[str, Any]:
 
 
 def _chat_completion(result: RowResult, digest: str, fingerprint: str) -> dict[str, Any]:
-    usage = result.usage
+    usage = line_cost(result)[1]
     request = result.row.request
     return {
         "id": f"chatcmpl-{digest}",
@@ -118,19 +135,26 @@ def _chat_completion(result: RowResult, digest: str, fingerprint: str) -> dict[s
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.content or "", "refusal": None},
+                "message": {"role": "assistant", "content": _reply(result), "refusal": None},
                 "logprobs": None,
                 "finish_reason": "length" if result.done_reason == "length" else "stop",
             }
         ],
         # Summed over every attempt of the row, re-asks included: what the row cost.
         "usage": {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens": usage["input_tokens"],
+            "completion_tokens": usage["output_tokens"],
+            "total_tokens": usage["input_tokens"] + usage["output_tokens"],
         },
         "system_fingerprint": f"batch-{fingerprint}",
     }
+
+
+def _reply(result: RowResult) -> str:
+    """The reply's text: the model's; a panel's consensus, as JSON."""
+    if result.votes is None or isinstance(result.output, str):
+        return result.content or (result.output if isinstance(result.output, str) else "")
+    return json.dumps(result.output, ensure_ascii=False, separators=(",", ":"))
 
 
 def native_view(record: dict[str, Any]) -> tuple[dict[str, Any], OutputFormat]:

@@ -25,8 +25,9 @@ class ReviewFile:
         self._writer = OutputWriter(path, lazy=True)
 
     def wants(self, result: RowResult) -> bool:
-        confidence = result.confidence
-        return confidence is not None and min(confidence.values(), default=1.0) < self.below
+        """A label below P: the least confident, or (a panel's) the least agreed on."""
+        lowest = min((result.confidence or {}).values(), default=1.0)
+        return min([lowest, *(result.agreement or {}).values()]) < self.below
 
     async def write(self, results: list[RowResult]) -> None:
         await self._writer.write([encode_line(review_record(r)) for r in results])
@@ -49,4 +50,7 @@ def review_record(result: RowResult) -> dict[str, Any]:
     record: dict[str, Any] = {"id": result.row.id}
     if isinstance(result.row.id, LineId):
         record[ID_FROM_LINE] = True
-    return record | {"output": result.output, "confidence": result.confidence}
+    record |= {"output": result.output, "confidence": result.confidence}
+    if result.agreement is not None:
+        record["agreement"] = result.agreement
+    return record
