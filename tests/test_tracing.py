@@ -150,3 +150,12 @@ def test_no_prompt_or_output_in_any_span_unless_content_capture_is_asked_for(
     captured = [attributes(span.attributes) for span in attempts]
     assert any("row 1" in seen.get("gen_ai.input.messages", "") for seen in captured)
     assert any("label" in seen.get("gen_ai.output.messages", "") for seen in captured)
+
+
+def test_each_vote_of_a_panel_names_its_trace(receiver: OtlpReceiver, rows: Path) -> None:
+    with FakeOllama(models=["m", "n"]) as server:
+        server.responder = lambda body: '{"label": "a"}'
+        assert run_cli(rows, server.url, "--panel", "m,n") == 0
+    row_traces = {s.trace_id.hex() for _, s in receiver.spans() if s.name == "label row"}
+    votes = [vote for line in read_jsonl(rows.with_name("in.out.jsonl")) for vote in line["votes"]]
+    assert len(votes) == 8 and {vote["trace_id"] for vote in votes} == row_traces

@@ -207,6 +207,8 @@ class PanelLabeller:
             vote["cached"] = True
         if result.host is not None:
             vote["host"] = result.host
+        if result.trace_id is not None:  # with OpenTelemetry: each vote is a trace of its own
+            vote["trace_id"] = result.trace_id
         return vote
 
     def _result(

@@ -3,7 +3,8 @@
 A vote is the record an output line keeps of one answer (`votes`):
 
     {"model", "sample" (with --samples), "status": "ok"|"error", "output" (ok) | "error",
-     "usage", "attempts", "confidence" (with --logprobs), "same_as" | "cached", "host"}
+     "usage", "attempts", "confidence" (with --logprobs), "same_as" | "cached", "host",
+     "trace_id" (with OpenTelemetry)}
 
 The consensus takes each categorical field (core/categories.py) from the vote (majority, or
 the value Dawid-Skene's posterior favours, labelling/dawid_skene.py); a field's `agreement` is
