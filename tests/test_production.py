@@ -22,6 +22,8 @@ SCHEMA = {
     "required": ["label"],
 }
 TOKEN = "tok-3f9a1c7e5b"
+# Everything here reaches the server through the transport: run it on each (BATCH_HTTP).
+pytestmark = pytest.mark.usefixtures("http_stack")
 
 
 @pytest.fixture(autouse=True)

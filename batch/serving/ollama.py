@@ -79,13 +79,11 @@ class OllamaBackend:
         self._connection = connect(host, access or AccessSettings())
         self._keep_alive = RUN_KEEP_ALIVE if keep_alive is None else keep_alive
         self._think = think
-        # One connection per slot, all kept alive: the default pool keeps only 20 alive.
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        # One connection per slot, all kept alive.
         self._client = ollama.AsyncClient(
             self._connection.host,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=limits,
-            **self._connection.kwargs,
+            **self._connection.client_kwargs(concurrency),
         )
         self._models = ModelCheck(self._show, self._ps)
         self._notes = ServerNotes(self._name, concurrency, self._fetch_version)
@@ -113,7 +111,7 @@ class OllamaBackend:
             async with httpx.AsyncClient(
                 base_url=self._connection.host,
                 timeout=httpx.Timeout(min(self._timeout, PROBE_SECONDS)),
-                **self._connection.kwargs,
+                **self._connection.client_kwargs(1),
             ) as client:
                 response = await client.get("/")
         except httpx.HTTPError as exc:
