@@ -14,7 +14,7 @@ import ollama
 import pytest
 
 from batch.core.jsontext import MAX_REPLY_CHARS
-from batch.serving.http_client import AccessSettings, connect
+from batch.serving.http_client import AccessSettings, connect, skip_empty_cookie_work
 from batch.testing import FakeOllama, Fault
 from tests.conftest import output_by_id, run_cli, summary_of, write_rows
 
@@ -166,6 +166,23 @@ async def test_the_errors_the_backend_sorts_are_those_httpx_raises() -> None:
     async with ollama.AsyncClient(refused.host, **refused.client_kwargs(1)) as c:
         with pytest.raises(ConnectionError):  # the client's own, from httpx.ConnectError
             await c.chat(model="m", messages=USER)
+
+
+async def test_a_cookie_the_server_sets_is_still_sent_back() -> None:
+    """A load balancer's session cookie: the client skips only the work of finding none."""
+    sent: list[str | None] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        cookie = {"Set-Cookie": "route=gpu2; Path=/"} if len(sent) == 2 else {}
+        return httpx.Response(200, headers=cookie, json={})
+
+    transport = httpx.MockTransport(gateway)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.example") as http:
+        skip_empty_cookie_work(http)
+        for _ in range(4):
+            await http.get("/api/version")
+    assert sent == [None, None, "route=gpu2", "route=gpu2"]
 
 
 # ---- the switch ---------------------------------------------------------------------------------
