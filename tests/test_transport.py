@@ -5,9 +5,13 @@ environment."""
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -106,6 +110,48 @@ def test_no_proxy_sends_a_host_directly(
         assert run_cli(job(2), host, "--max-attempts", "2") == 2
         assert proxy.request_count == 0  # tried directly: the name does not resolve
     assert f"cannot connect to {host}" in capsys.readouterr().err
+
+
+class _Gzipping(BaseHTTPRequestHandler):
+    """An Ollama behind a proxy that compresses its replies."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        reply: dict[str, Any] = {"capabilities": ["completion"], "model_info": {}}  # /api/show
+        if self.path == "/api/chat":
+            message = {"role": "assistant", "content": '{"label": "pos"}'}
+            reply = {"model": "m", "message": message, "done": True, "eval_count": 3}
+        body = gzip.compress(json.dumps(reply).encode())
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gzipping_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gzipping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@ON_EACH_STACK
+def test_a_compressed_reply_is_read(job: Callable[[int], Path], gzipping_server: str) -> None:
+    path = job(2)
+    assert run_cli(path, gzipping_server, model="m") == 0
+    rows = output_by_id(path)
+    assert [rows[i]["output"] for i in range(2)] == [{"label": "pos"}] * 2
+    assert rows[0]["usage"]["output_tokens"] == 3
 
 
 # ---- through the client -------------------------------------------------------------------------

@@ -71,6 +71,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _httpx_error(exc, request) from _cause(exc)
+        if response.content.is_eof():
+            # The whole body came with the headers (a short reply): handed over already read,
+            # it spares httpx its streaming path, and the connection is free at once.
+            body = response.content.read_nowait()
+            response.release()
+            return httpx.Response(
+                response.status,
+                headers=response.raw_headers,
+                content=body,
+                request=request,
+                extensions=_RESPONSE_EXTENSIONS,
+            )
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
