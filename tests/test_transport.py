@@ -69,6 +69,17 @@ def test_a_connection_dropped_mid_reply_is_retried(job: Callable[[int], Path]) -
 
 
 @ON_EACH_STACK
+def test_a_reply_that_trickles_in_is_cut_at_the_timeout(job: Callable[[int], Path]) -> None:
+    with FakeOllama(models=["m"]) as fake:
+        fake.add_fault(Fault("trickle"))  # a byte a tenth of a second: no single read times out
+        path = job(1)
+        assert run_cli(path, fake.url, "--timeout", "1") == 0
+    [row] = output_by_id(path).values()
+    assert row["status"] == "ok" and row["attempts"] == 2
+    assert summary_of(path)["retries"]["by_cause"] == {"timeout": 1}
+
+
+@ON_EACH_STACK
 def test_connections_are_reused_and_never_more_than_the_concurrency(
     job: Callable[[int], Path],
 ) -> None:

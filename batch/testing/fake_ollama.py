@@ -53,7 +53,9 @@ Ollama as it really behaves, by server version (issue 12; the rules in _behaviou
 
 Transport faults: `drop` closes the connection before any answer, `hang` answers nothing for
 `hang_seconds`; `drop_mid_reply` sends the status, the headers (announcing the whole body) and
-half the body (streamed: the first chunks), then closes the connection. `connections` counts the
+half the body (streamed: the first chunks), then closes the connection; `trickle` sends the
+status and headers, then the body a byte every `TRICKLE_SECONDS` (no read waits long, the whole
+takes minutes). `connections` counts the
 TCP connections requests came on.
 """
 
@@ -99,6 +101,7 @@ FaultKind = Literal[
     "gateway_timeout",
     "drop",
     "drop_mid_reply",
+    "trickle",
     "hang",
     "prose",
     "fenced",
@@ -117,6 +120,7 @@ FaultKind = Literal[
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 SIGNIN_URL = "https://ollama.com/connect?name=fake&key=fake"
+TRICKLE_SECONDS = 0.1
 Responder = Callable[[dict[str, Any]], str]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 TOKEN = re.compile(r"\w+|\W+")  # the fake's tokenizer, for logprobs
@@ -749,6 +753,8 @@ class FakeOllama:
                 return web.Response(body=_wire.partial(final), headers=headers)
             if reply.fault == "drop_mid_reply":
                 return await _cut_off(request, _wire.dumps(final))
+            if reply.fault == "trickle":
+                return await _trickle(request, _wire.dumps(final))
             return _wire.json_response(200, final)
         return await _stream(request, reply.model, chat, reply.content, final, reply.fault)
 
@@ -869,6 +875,18 @@ async def _cut_off(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
     await response.prepare(request)
     await response.write(body[: len(body) // 2])
     return await drop_connection(request)
+
+
+async def _trickle(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+    """A 200 whose body comes a byte at a time: each read is quick, the whole reply is not."""
+    response = web.StreamResponse(headers={"Content-Type": _wire.JSON_TYPE})
+    response.content_length = len(body)
+    await response.prepare(request)
+    for byte in body:
+        await asyncio.sleep(TRICKLE_SECONDS)
+        await response.write(bytes([byte]))
+    await response.write_eof()
+    return response
 
 
 async def drop_connection(request: web.BaseRequest) -> web.StreamResponse:
