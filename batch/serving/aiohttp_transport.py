@@ -26,6 +26,7 @@ The session is opened on the first request, inside the running event loop, and h
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,11 +59,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
+        headers = request.headers.multi_items()
+        if self._proxy_headers and request.url.scheme == "http":
+            # Forwarded as it is, the request itself carries them (aiohttp puts its proxy
+            # headers only on the CONNECT of an https tunnel), as httpx's transport does.
+            headers += self._proxy_headers.items()
         try:
             response = await session.request(
                 request.method,
                 str(request.url),
-                headers=request.headers.multi_items(),
+                headers=headers,
                 data=_body(request),
                 allow_redirects=False,  # the httpx client follows them itself
                 timeout=self._timeout(request.extensions.get("timeout", {})),
@@ -161,8 +167,10 @@ def _split_proxy(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
         raise ValueError(f"a {url.scheme} proxy is not supported")
     if not url.username and not url.password:
         return proxy, None
-    auth = aiohttp.BasicAuth(url.username, url.password).encode()
-    return str(url.copy_with(username=None, password=None)), {"Proxy-Authorization": auth}
+    # As httpx's own transport sends them (UTF-8); aiohttp's BasicAuth is deprecated.
+    userpass = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+    without = str(url.copy_with(username=None, password=None))
+    return without, {"Proxy-Authorization": f"Basic {userpass}"}
 
 
 def _cause(exc: BaseException) -> BaseException:
