@@ -172,8 +172,8 @@ class OllamaBackend:
         """`/api/chat` through the client's own request path (`_request_raw`: its transport and
         its status errors), with the fields its request model drops (`truncate`) and `think` as
         Ollama reads it (also "max"). The body is encoded, and the reply read into the client's
-        `ChatResponse`, by pydantic's JSON in one step each: what `chat()` does at about a
-        fifth of the CPU."""
+        `ChatResponse`, by pydantic's JSON in one step each: about a fifth of the CPU of the
+        json module and the field-by-field model that `chat()` uses (measured)."""
         think = self._think
         if think is None and request.format is not None:
             # docs/deployment.md "Production setups": a schema wants the answer only.
@@ -265,8 +265,9 @@ class OllamaBackend:
             ) from None
         except (ValueError, RecursionError, pydantic.ValidationError, AttributeError) as exc:
             # AttributeError: the client trips over an error body that is JSON but not an object.
-            # ValueError: a body that is not JSON, or not UTF-8 (httpx decodes it strictly);
-            # RecursionError: a body nested past Python's stack.
+            # ValidationError: a chat reply that is not JSON, not UTF-8, too deep or not a chat
+            # response (pydantic reads it); ValueError: the same from the other routes (httpx
+            # decodes strictly); RecursionError: a body nested past Python's stack.
             raise Transient(
                 Cause.BAD_BODY, f"{self._name} sent an unreadable response ({type(exc).__name__})"
             ) from None
