@@ -8,8 +8,8 @@
 - Proxies: HTTP(S)_PROXY, ALL_PROXY and NO_PROXY as httpx applies them, except that a loopback
   host is always reached directly; an explicit `proxy` is used for every host.
 - The HTTP stack: `ollama.AsyncClient` (an httpx client) over an aiohttp transport
-  (aiohttp_transport.py), about a quarter of the CPU a request; `BATCH_HTTP=httpx` keeps httpx's
-  own transport. Either way the client, its headers, auth, timeouts and errors are httpx's.
+  (aiohttp_transport.py), about half the CPU a request; `BATCH_HTTP=httpx` keeps httpx's own
+  transport. Either way the client, its headers, auth, timeouts and errors are httpx's.
 """
 
 from __future__ import annotations
