@@ -1,10 +1,13 @@
 """Benchmarks of `python -m batch run` against the fake Ollama server; prints a markdown table.
 
     python scripts/bench.py [--rows N] [--concurrency N] [--memory-rows N[,N...]] [--quick]
-                            [--only NAME[,NAME...]]
+                            [--cpu-runs N] [--only NAME[,NAME...]]
 
 - overhead:   rows/s of the worker (schema validation on) against `bare_loop.py`, the loop a user
               would write by hand, on the same rows and concurrency; the fake answers at once.
+- cpu:        CPU time per row (user + system, start-up included) of the worker, of the worker on
+              httpx's own transport (BATCH_HTTP=httpx) and of the bare loop, the same rows against
+              the fake at no latency, `--cpu-runs` rounds with the three alternated.
 - efficiency: rows/s against the ideal of a server with 8 slots and 0.05 s a generation, at
               concurrency 8 and 10, and the bare loop at 8.
 - memory:     peak RSS of the worker on inputs of growing size.
@@ -129,6 +132,49 @@ def bench_overhead(suite: Suite) -> None:
             ratio(batch.peak_rss_mb, bare.peak_rss_mb),
         ),
     ]
+
+
+def bench_cpu(suite: Suite) -> None:
+    """What a row costs the client's machine: on a fast server that is what limits a run."""
+    n, c = suite.rows, suite.concurrency
+    source = suite.input_file(n)
+    # name, its environment over the suite's (None: the bare loop)
+    programs: dict[str, dict[str, str] | None] = {
+        "bare loop": None,
+        "batch": {},
+        "batch, BATCH_HTTP=httpx": {"BATCH_HTTP": "httpx"},
+    }
+    per_row: dict[str, list[float]] = {name: [] for name in programs}
+    with fake_ollama(suite, "cpu", latency=0.0, slots=c) as url:
+        for i in range(suite.cpu_runs):
+            for j, (name, env) in enumerate(programs.items()):
+                output = suite.workdir / f"cpu-{i}-{j}.jsonl"
+                command = (
+                    suite.bare_loop_command(source, output, url, c)
+                    if env is None
+                    else suite.batch_command(source, output, url, c)
+                )
+                note(f"  {name}: {n} rows, concurrency {c} (round {i + 1} of {suite.cpu_runs})")
+                measured = suite.run(f"cpu-{i}-{j}", command, env)
+                if (written := count_lines(output)) != n:
+                    raise BenchError(f"cpu: {name} wrote {written} lines for {n} rows")
+                per_row[name].append(measured.cpu_s / n * 1e6)
+    bare = statistics.median(per_row["bare loop"])
+    what = f"{n:,} rows, c={c}, latency 0, median of {suite.cpu_runs} alternated"
+
+    def shown(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+    for name in ("batch", "batch, BATCH_HTTP=httpx"):
+        suite.figures.append(
+            Figure(
+                "cpu",
+                f"CPU us per row, user+system, start-up included: {name} ({what})",
+                shown(per_row[name]),
+                f"bare loop: {shown(per_row['bare loop'])}",
+                ratio(statistics.median(per_row[name]), bare),
+            )
+        )
 
 
 def bench_efficiency(suite: Suite) -> None:
@@ -320,6 +366,7 @@ def _reuse(suite: Suite) -> None:
 
 BENCHMARKS: dict[str, Callable[[Suite], None]] = {
     "overhead": bench_overhead,
+    "cpu": bench_cpu,
     "efficiency": bench_efficiency,
     "memory": bench_memory,
     "resume": bench_resume,
@@ -362,6 +409,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--concurrency", type=positive_int, default=8, help="requests in flight (default 8)"
     )
     parser.add_argument(
+        "--cpu-runs",
+        type=positive_int,
+        default=3,
+        help="rounds of the cpu benchmark, its programs alternated (default 3)",
+    )
+    parser.add_argument(
         "--memory-rows",
         type=sizes,
         metavar="N[,N...]",
@@ -397,7 +450,9 @@ def run_suite(args: argparse.Namespace) -> int:
     chosen = args.only or list(BENCHMARKS)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    with suite_in_tempdir("batch-bench-", args.rows, args.concurrency, args.memory_rows) as suite:
+    with suite_in_tempdir(
+        "batch-bench-", args.rows, args.concurrency, args.memory_rows, args.cpu_runs
+    ) as suite:
         for name in chosen:
             note(f"{name} ...")
             BENCHMARKS[name](suite)
@@ -406,7 +461,8 @@ def run_suite(args: argparse.Namespace) -> int:
         "Benchmarks",
         load_before,
         "fake Ollama server in its own process on loopback; each figure is one run of one "
-        "process, wall time from start to exit, peak RSS from `wait4`",
+        "process (`cpu`: the median of its rounds), wall time from start to exit, peak RSS and "
+        "CPU time from `wait4`",
     )
     print(render(suite.figures))
     print()

@@ -11,7 +11,7 @@ the scripts' imports run one way only:
   traceback; REASON ends with the last lines of the failing program's output, if one failed.
 - `Suite`: the working directory, the sizes and the figures of one run of benchmarks; it writes
   the inputs, builds the commands and runs them measured (`measure`: wall time from start to
-  exit, peak RSS from `os.wait4` on that one pid).
+  exit; peak RSS and user+system CPU from `os.wait4` on that one pid).
 - `fake_ollama`: `fake_ollama.py` in its own process on loopback, for one block.
 - `render`, `print_header`: the markdown report, with the command line and the machine on top.
 """
@@ -107,6 +107,7 @@ class Suite:
     memory_rows: tuple[int, ...]
     env: dict[str, str]
     schema: Path
+    cpu_runs: int = 3
     figures: list[Figure] = field(default_factory=list)
     largest_run: FullRun | None = None
 
@@ -153,10 +154,11 @@ class Suite:
         argv += ["--model", MODEL, "--concurrency", str(concurrency)]
         return [*argv, "--schema", str(self.schema)]
 
-    def run(self, name: str, argv: list[str]) -> Measured:
-        """Runs `argv` to its end, measured; raises `BenchError` unless it exits 0."""
+    def run(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Measured:
+        """Runs `argv` to its end, measured, with `env` over the suite's environment; raises
+        `BenchError` unless it exits 0."""
         log = self.log_file(name)
-        measured = measure(argv, cwd=self.workdir, env=self.env, log=log)
+        measured = measure(argv, cwd=self.workdir, env={**self.env, **(env or {})}, log=log)
         if measured.exit_code != 0:
             raise BenchError(
                 f"{name}: `{shlex.join(argv)}` exited {measured.exit_code}\n{tail(log)}"
@@ -168,8 +170,8 @@ class Suite:
 
 
 def measure(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path) -> Measured:
-    """Runs `argv` with stdout and stderr to `log`: its wall time, and the peak RSS of that
-    process alone (`wait4` on its pid; RUSAGE_CHILDREN would mix in every child so far)."""
+    """Runs `argv` with stdout and stderr to `log`: its wall time, and the peak RSS and CPU time
+    of that process alone (`wait4` on its pid; RUSAGE_CHILDREN would mix in every child so far)."""
     with log.open("wb") as sink:
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -386,7 +388,7 @@ def positive_int(text: str) -> int:
 
 @contextmanager
 def suite_in_tempdir(
-    prefix: str, rows: int, concurrency: int, memory_rows: tuple[int, ...]
+    prefix: str, rows: int, concurrency: int, memory_rows: tuple[int, ...], cpu_runs: int = 3
 ) -> Iterator[Suite]:
     """A suite working in a temporary directory, removed with everything in it at the end."""
     with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
@@ -399,6 +401,7 @@ def suite_in_tempdir(
             memory_rows=memory_rows,
             env=child_env(),
             schema=schema,
+            cpu_runs=cpu_runs,
         )
 
 

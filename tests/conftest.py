@@ -115,3 +115,12 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def http_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test once on each transport of the Ollama backend: aiohttp's (the default) and
+    httpx's own (`BATCH_HTTP=httpx`)."""
+    stack: str = request.param
+    monkeypatch.setenv("BATCH_HTTP", stack)
+    return stack

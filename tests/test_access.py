@@ -104,17 +104,17 @@ def test_connect_sends_each_host_only_its_own_headers() -> None:
     headers = parse_headers({"X-All": "1", "https://a": {"X-Only-A": "2"}})
     access = AccessSettings(api_key="key-1234", headers=headers)
     to_a, to_b = connect("https://a", access), connect("https://b", access)
-    assert to_a.kwargs["headers"] == {
+    assert to_a.headers == {
         "X-All": "1",
         "X-Only-A": "2",
         "Authorization": "Bearer key-1234",
     }
-    assert to_b.kwargs["headers"] == {"X-All": "1", "Authorization": "Bearer key-1234"}
+    assert to_b.headers == {"X-All": "1", "Authorization": "Bearer key-1234"}
     # A host's own Authorization header wins over the API key, which is then not sent at all.
     own = parse_headers({"https://a": {"authorization": "Token abcd"}})
-    assert connect("https://a", AccessSettings(api_key="key-1234", headers=own)).kwargs[
-        "headers"
-    ] == {"authorization": "Token abcd"}
+    assert connect("https://a", AccessSettings(api_key="key-1234", headers=own)).headers == {
+        "authorization": "Token abcd"
+    }
 
 
 def test_credentials_in_the_url_leave_the_client_url_and_the_display() -> None:

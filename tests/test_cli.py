@@ -44,6 +44,7 @@ def job(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.mark.usefixtures("http_stack")
 def test_rows_are_labelled_validated_and_metered(
     server: FakeOllama, job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -76,6 +77,7 @@ def test_rows_are_labelled_validated_and_metered(
     assert "5 ok, 0 failed" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("http_stack")
 @pytest.mark.parametrize(
     ("kind", "cause"),
     [
@@ -103,6 +105,7 @@ def test_each_fault_is_retried_to_success(
     assert summary_of(path)["retries"] == {"total": 2, "by_cause": {cause: 2}}
 
 
+@pytest.mark.usefixtures("http_stack")
 def test_a_hung_server_times_out_and_is_retried(
     server: FakeOllama, job: Callable[..., Path]
 ) -> None:
@@ -152,6 +155,7 @@ def test_an_unknown_model_stops_the_run_early(
     assert summary_of(path)["fatal"].startswith("model 'nope'")
 
 
+@pytest.mark.usefixtures("http_stack")
 def test_an_unreachable_host_stops_the_run_naming_it(
     job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +166,7 @@ def test_an_unreachable_host_stops_the_run_naming_it(
     assert "Traceback" not in err
 
 
+@pytest.mark.usefixtures("http_stack")
 def test_concurrency_is_never_exceeded(job: Callable[..., Path]) -> None:
     with FakeOllama(models=["m"], slots=16, latency=0.02) as fake:
         path = job(40)

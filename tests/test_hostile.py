@@ -237,6 +237,7 @@ def raw_server() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.usefixtures("http_stack")
 def test_a_reply_that_is_not_utf8_fails_only_its_row(tmp_path: Path, raw_server: str) -> None:
     (tmp_path / "schema.json").write_text('{"type": "object"}')
     path = write_rows(tmp_path / "in.jsonl", 5)

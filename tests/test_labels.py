@@ -183,3 +183,18 @@ def test_after_a_resumed_run_the_labels_line_says_it_counts_that_runs_rows(
         assert run_cli(path, server.url) == 0
     err = capsys.readouterr().err
     assert "labels label (this run's 2 rows; the 3 done before are not counted): " in err
+
+
+async def test_a_reply_seen_before_is_judged_the_same_each_time(tmp_path: Path) -> None:
+    """Valid reply texts are remembered (a label run sends back a few texts over and over);
+    an invalid one never is."""
+    good, bad = row("pos", True), row("maybe", True)
+    contents = [good, bad, good, bad, good]
+    config = config_for(tmp_path, len(contents))
+    summary = await run_job(config, backends=[replies(*contents)])
+    assert (summary.rows.ok, summary.rows.error) == (3, 2)
+    written = [json.loads(line) for line in config.output_path.read_text().splitlines()]
+    by_id = {r["id"]: r for r in written}
+    assert [by_id[i]["status"] for i in range(5)] == ["ok", "error", "ok", "error", "ok"]
+    assert by_id[3]["error"]["message"] == by_id[1]["error"]["message"]
+    assert by_id[4]["output"] == by_id[0]["output"] == json.loads(good)

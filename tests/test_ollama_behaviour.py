@@ -284,6 +284,21 @@ def test_a_row_with_a_bad_option_fails_alone(job: Callable[..., Path]) -> None:
     assert error["type"] == "bad_input" and error["message"].startswith("line 2: option 'stop'")
 
 
+def test_a_row_whose_option_is_not_a_finite_number_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    path = tmp_path / "in.jsonl"  # Python writes NaN into JSONL; JSON has no such number
+    path.write_text(
+        '{"id": 0, "prompt": "a"}\n{"id": 1, "prompt": "b", "options": {"temperature": NaN}}\n'
+    )
+    with FakeOllama(models=["m"]) as fake:
+        assert run(path, fake.url) == 1
+        assert fake.request_count == 1
+    error = output(path)[1]["error"]
+    assert (
+        error["type"] == "bad_input" and "option 'temperature' must be a number" in error["message"]
+    )
+
+
 def test_a_500_naming_an_option_is_fatal() -> None:
     host = HostContext("http://gpu1:11434", ())
     failure = classify(host, 500, 'option "stop" must be of type array', "m", "/api/chat")

@@ -22,6 +22,8 @@ SCHEMA = {
     "required": ["label"],
 }
 TOKEN = "tok-3f9a1c7e5b"
+# Everything here reaches the server through the transport: run it on each (BATCH_HTTP).
+pytestmark = pytest.mark.usefixtures("http_stack")
 
 
 @pytest.fixture(autouse=True)
@@ -251,6 +253,26 @@ def test_an_explicit_proxy_carries_loopback_too(job: Callable[..., Path]) -> Non
         target = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         assert run_cli(job(2), target, "--proxy", proxy.url) == 0
         assert proxy.request_count == 2
+
+
+def test_credentials_in_the_proxy_url_go_to_the_proxy(
+    job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    basic = base64.b64encode(b"relay:pr0xy-pass").decode()
+    with FakeOllama(
+        models=["m"], require_headers={"Proxy-Authorization": f"Basic {basic}"}
+    ) as proxy:
+        port = proxy.url.rsplit(":", 1)[1]
+        path = job(2)
+        code = run_cli(
+            path,
+            "http://ollama.batch-test.invalid:11434",
+            "--proxy",
+            f"http://relay:pr0xy-pass@127.0.0.1:{port}",
+        )
+        assert code == 0
+        assert proxy.refused == 0 and proxy.request_count == 2
+    assert "pr0xy-pass" not in capsys.readouterr().err
 
 
 # ---- the model's life ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ a request whose values differ from the loaded model's reloads it (`server/sched.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -73,7 +74,8 @@ def _fits(kind: str, value: Any) -> bool:
     if isinstance(value, bool):
         return kind == "boolean"
     if kind == "integer" or kind == "float32":
-        return isinstance(value, int | float)  # JSON numbers: Go reads all as float64
+        # JSON numbers: Go reads all as float64. NaN and Infinity are no JSON at all.
+        return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if kind == "boolean":
         return False
     if kind == "array":

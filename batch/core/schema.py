@@ -45,12 +45,29 @@ class PydanticSchema:
             raise schema_violation(content, problems) from None
 
 
+# Replies already found valid, by text: a label run's replies are a few texts over and over, and
+# checking one against the schema costs more than the rest of reading it. Short texts only.
+KNOWN_VALID_MAX = 4096
+KNOWN_VALID_CHARS = 512
+
+
 @dataclass(frozen=True)
 class JsonSchemaFile:
     json_schema: JsonSchema
     validator: jsonschema.protocols.Validator
+    _known_valid: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def validate(self, content: str) -> Any:
+        if content in self._known_valid:
+            return json.loads(content)  # the same text passed every check below: read it again
+        value = self._checked(content)
+        if len(content) <= KNOWN_VALID_CHARS:
+            if len(self._known_valid) >= KNOWN_VALID_MAX:
+                self._known_valid.clear()
+            self._known_valid.add(content)
+        return value
+
+    def _checked(self, content: str) -> Any:
         value = parse_json(content)
         try:
             errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.absolute_path))

@@ -485,8 +485,7 @@ class _Run:
                     return
                 self.budget.row_ended(result.elapsed_s, result.usage)
                 try:
-                    with anyio.CancelScope(shield=True):  # a finished row is never dropped
-                        await results.send(result)
+                    await _hand_over(results, result)
                 except anyio.BrokenResourceError:
                     return  # the writer stopped (a full disk): it reported why
 
@@ -510,3 +509,13 @@ class _Run:
                     self.grace_period,
                 )
                 self.work.deadline = anyio.current_time() + self.grace_period
+
+
+async def _hand_over(results: MemoryObjectSendStream[RowResult], result: RowResult) -> None:
+    """A finished row to the writer, never dropped: at once when there is room (no wait, so
+    nothing to cancel, and no cancel scope to pay for on every row), else shielded."""
+    try:
+        results.send_nowait(result)
+    except anyio.WouldBlock:
+        with anyio.CancelScope(shield=True):
+            await results.send(result)

@@ -50,6 +50,13 @@ Ollama as it really behaves, by server version (issue 12; the rules in _behaviou
 - `model_info=False`: /api/show without `model_info`; `check_host_header=True`: a non-local
   `Host` gets 403 with no body; a wrong method is a 405.
 - Faults `repetition` (done: false, no done_reason, no counts) and `signin` (a cloud model's 401).
+
+Transport faults: `drop` closes the connection before any answer, `hang` answers nothing for
+`hang_seconds`; `drop_mid_reply` sends the status, the headers (announcing the whole body) and
+half the body (streamed: the first chunks), then closes the connection; `trickle` sends the
+status and headers, then the body a byte every `TRICKLE_SECONDS` (no read waits long, the whole
+takes minutes). `connections` counts the
+TCP connections requests came on.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ FaultKind = Literal[
     "bad_gateway",
     "gateway_timeout",
     "drop",
+    "drop_mid_reply",
+    "trickle",
     "hang",
     "prose",
     "fenced",
@@ -111,6 +120,7 @@ FaultKind = Literal[
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 SIGNIN_URL = "https://ollama.com/connect?name=fake&key=fake"
+TRICKLE_SECONDS = 0.1
 Responder = Callable[[dict[str, Any]], str]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 TOKEN = re.compile(r"\w+|\W+")  # the fake's tokenizer, for logprobs
@@ -214,6 +224,7 @@ class FakeOllama:
         self.require_headers = dict(require_headers or {})
         self.ssl_context = ssl_context
         self.max_in_flight = 0
+        self._peers: set[Any] = set()
         self.max_generating = 0
         """Highest number of requests holding a generation slot at one instant (<= slots)."""
         self.max_queue = max_queue
@@ -293,6 +304,12 @@ class FakeOllama:
         """More routes, keyed by (method, path): e.g. the OpenAI-compatible `/v1` routes the
         benchmarks mount (scripts/fake_openai.py). Call before `start()`."""
         self._routes.update(routes)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections that requests came on (a client that reuses its connections opens
+        as many as it had requests in flight at once)."""
+        return len(self._peers)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -416,6 +433,8 @@ class FakeOllama:
     # ---- routes -------------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.transport is not None:
+            self._peers.add(request.transport.get_extra_info("peername"))
         # One dict lookup instead of a router; a wrong method is a 405, as in Ollama.
         if self.require_headers and (refusal := self._refusal(request)) is not None:
             return refusal
@@ -736,6 +755,10 @@ class FakeOllama:
             if reply.fault == "bad_body":
                 headers = {"Content-Type": _wire.JSON_TYPE}
                 return web.Response(body=_wire.partial(final), headers=headers)
+            if reply.fault == "drop_mid_reply":
+                return await _cut_off(request, _wire.dumps(final))
+            if reply.fault == "trickle":
+                return await _trickle(request, _wire.dumps(final))
             return _wire.json_response(200, final)
         return await _stream(request, reply.model, chat, reply.content, final, reply.fault)
 
@@ -799,6 +822,9 @@ async def _stream(
             lines.append(_wire.dumps(_wire.envelope(model, chat, piece, done=False)))
         if fault == "stream_error":
             lines.append(_wire.dumps({"error": _wire.STREAM_ERROR}))
+        elif fault == "drop_mid_reply":
+            await response.write(lines[0] + b"\n")
+            return await drop_connection(request)
         elif fault != "stream_cut":
             final["created_at"] = _wire.now()
             lines.append(_wire.dumps(final))
@@ -842,6 +868,27 @@ async def _repeating(
     await response.prepare(request)
     pieces = [_wire.envelope(reply.model, chat, p, done=False) for p in _wire.fragments(content)]
     await response.write(b"".join(_wire.dumps(p) + b"\n" for p in pieces))
+    await response.write_eof()
+    return response
+
+
+async def _cut_off(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+    """A 200 whose headers announce all of `body`, half of it, then the connection closed."""
+    response = web.StreamResponse(headers={"Content-Type": _wire.JSON_TYPE})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    return await drop_connection(request)
+
+
+async def _trickle(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+    """A 200 whose body comes a byte at a time: each read is quick, the whole reply is not."""
+    response = web.StreamResponse(headers={"Content-Type": _wire.JSON_TYPE})
+    response.content_length = len(body)
+    await response.prepare(request)
+    for byte in body:
+        await asyncio.sleep(TRICKLE_SECONDS)
+        await response.write(bytes([byte]))
     await response.write_eof()
     return response
 
