@@ -90,12 +90,14 @@ def run_once(suite: Suite, variant: str, url: str, otlp: str, n: int) -> tuple[f
     return float(summary["throughput"]["rows_per_s"]), usage.ru_utime + usage.ru_stime
 
 
-def compare(suite: Suite, rounds: int, variants: Sequence[str]) -> list[Figure]:
+def compare(
+    suite: Suite, rounds: int, variants: Sequence[str], latency: float = 0.0
+) -> list[Figure]:
     n = suite.rows
     rates: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     with (
-        fake_ollama(suite, "observe", latency=0.0, slots=suite.concurrency) as url,
+        fake_ollama(suite, "observe", latency=latency, slots=suite.concurrency) as url,
         otlp_sink() as otlp,
     ):
         for round_ in range(rounds):
@@ -105,7 +107,7 @@ def compare(suite: Suite, rounds: int, variants: Sequence[str]) -> list[Figure]:
                 got_rate, got_cpu = run_once(suite, variant, url, otlp, n)
                 rates[variant].append(got_rate)
                 cpu[variant].append(got_cpu)
-    what = f"{n:,} rows, c={suite.concurrency}, latency 0, median of {rounds}"
+    what = f"{n:,} rows, c={suite.concurrency}, latency {latency:g} s, median of {rounds}"
     plain_rate = statistics.median(rates["plain"])
     plain_cpu = statistics.median(cpu["plain"]) * 1e6 / n
     figures = []
@@ -137,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=positive_int, default=8)
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--parts", action="store_true", help="also metrics alone, traces alone")
+    parser.add_argument("--latency", type=float, default=0.0, help="the fake's seconds a reply")
     args = parser.parse_args(argv)
     return run_main(lambda: _report(args))
 
@@ -145,7 +148,7 @@ def _report(args: argparse.Namespace) -> int:
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with suite_in_tempdir("batch-bench-observe-", args.rows, args.concurrency, ()) as suite:
         variants = (*VARIANTS, *PARTS) if args.parts else VARIANTS
-        figures = compare(suite, args.rounds, variants)
+        figures = compare(suite, args.rounds, variants, args.latency)
     print_header(
         "Watching a run",
         load_before,
