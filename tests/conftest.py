@@ -7,7 +7,10 @@ import math
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +127,15 @@ def http_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     stack: str = request.param
     monkeypatch.setenv("BATCH_HTTP", stack)
     return stack
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain HTTP server on loopback running `handler` in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

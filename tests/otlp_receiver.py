@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.conftest import serving
 
 
 class OtlpReceiver:
@@ -52,16 +54,16 @@ class OtlpReceiver:
             def log_message(self, *_: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._handler = Handler
+        self._stack = ExitStack()
+        self.url = ""
 
     def __enter__(self) -> OtlpReceiver:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = self._stack.enter_context(serving(self._handler))
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._stack.close()
 
     def spans(self) -> Iterator[tuple[dict[str, Any], Any]]:
         """Every span received, with its resource's attributes."""

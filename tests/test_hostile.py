@@ -6,9 +6,8 @@ from __future__ import annotations
 import errno
 import io
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from batch.cli import main
 from batch.core.chat import ChatRequest, Completion
 from batch.core.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
 from batch.testing import FakeOllama, FunctionBackend, TestBackend, completion
-from tests.conftest import FAST_RETRIES, read_jsonl, run_cli, write_rows
+from tests.conftest import FAST_RETRIES, read_jsonl, run_cli, serving, write_rows
 
 SCHEMA = {
     "type": "object",
@@ -227,14 +226,8 @@ class _RawChat(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def raw_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RawChat)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_RawChat) as url:
+        yield url
 
 
 @pytest.mark.usefixtures("http_stack")

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from batch.core.jsontext import MAX_REPLY_CHARS
 from batch.serving.http_client import AccessSettings, connect, skip_empty_cookie_work
 from batch.testing import FakeOllama, Fault
-from tests.conftest import output_by_id, run_cli, summary_of, write_rows
+from tests.conftest import output_by_id, run_cli, serving, summary_of, write_rows
 
 ON_EACH_STACK = pytest.mark.usefixtures("http_stack")
 SCHEMA = {
@@ -146,14 +145,8 @@ class _Gzipping(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gzipping_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gzipping)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Gzipping) as url:
+        yield url
 
 
 @ON_EACH_STACK
