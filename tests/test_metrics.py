@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -354,3 +355,37 @@ def test_the_textfile_is_written_while_the_run_lasts(
         run.join()
     assert any(0 < ok < 12 for ok in seen_during), seen_during  # rows counted mid-run
     assert total(samples(textfile.read_text()), "batch_rows_total", status="ok") == 12
+
+
+def test_a_gateway_that_is_no_http_server_is_a_warning_and_the_run_goes_on(
+    rows: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socketserver
+    import threading
+
+    import batch.run.pipeline
+
+    class Banner(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"SSH-2.0-OpenSSH_9.0\r\n")
+
+    monkeypatch.setattr(batch.run.pipeline, "EXPORT_EVERY_S", 0.05)
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Banner) as banner:
+        threading.Thread(target=banner.serve_forever, daemon=True).start()
+        gateway = f"http://127.0.0.1:{banner.server_address[1]}"
+        with FakeOllama(models=["m"], latency=0.05) as slow:
+            argv = ["--pushgateway", gateway, "--concurrency", "1"]
+            assert run_cli(rows, slow.url, *argv) == 0
+        banner.shutdown()
+    assert summary_of(rows)["rows"]["ok"] == 12
+    assert f"cannot push metrics to {gateway}" in capsys.readouterr().err
+
+
+def test_a_run_refused_at_its_start_leaves_no_metrics_port_open(
+    server: FakeOllama, rows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # refused: http/protobuf only
+    port = free_port()
+    assert run_cli(rows, server.url, "--metrics-port", f"127.0.0.1:{port}", "--otel") == 2
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # free: nothing still listens there

@@ -474,3 +474,36 @@ def test_shards_of_a_panel_merge_into_every_row_once(job: Path, fake: FakeOllama
     assert asked(fake) == {"a": 12, "b": 12}
     assert all(len(row["votes"]) == 2 for row in output(job).values())
     assert len(output(job)) == 12
+
+
+def test_dawid_skene_keeps_a_labels_type_when_no_vote_of_the_row_gave_it(tmp_path: Path) -> None:
+    """String labels that read as JSON ("3") stay strings when the posterior picks a value that
+    only other rows' votes gave."""
+
+    def vote(model: str, rating: str | None) -> dict[str, Any]:
+        usage = {"requests": 1, "input_tokens": 1, "output_tokens": 1}
+        if rating is None:
+            return {
+                "model": model,
+                "status": "error",
+                "error": {"type": "validation"},
+                "usage": usage,
+            }
+        return {"model": model, "status": "ok", "output": {"rating": rating}, "usage": usage}
+
+    def line(i: int, ratings: list[str | None]) -> str:
+        votes = [vote(m, r) for m, r in zip("ABCDE", ratings, strict=True)]
+        record = {"id": i, "line": i + 1, "status": "ok", "output": {"rating": "2"}}
+        record |= {"agreement": {"rating": 1.0}, "votes": votes}
+        return json.dumps(record)
+
+    # D and E say "2" whenever A, B and C say "3": their "2" reads as a "3".
+    rows = [line(i, ["3", "3", "3", "2", "2"]) for i in range(50)]
+    rows += [line(50 + i, ["2"] * 5) for i in range(10)]
+    rows += [line(60 + i, ["1"] * 5) for i in range(20)]
+    rows.append(line(80, [None, None, None, "2", "2"]))
+    out = tmp_path / "in.out.jsonl"
+    out.write_text("\n".join(rows) + "\n")
+    assert main(["aggregate", str(out), "--vote", "dawid-skene"]) == 0
+    last = read_jsonl(out)[-1]
+    assert last["output"]["rating"] == "3"  # a string, as the votes that gave it wrote it

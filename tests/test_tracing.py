@@ -50,17 +50,21 @@ OPTIONS = ("--option", "temperature=0.2", "--option", "seed=7", "--option", "num
 def labelled(receiver: OtlpReceiver, rows: Path) -> tuple[list[Any], list[Any], Any]:
     """Runs 4 rows (a busy reply retried, row 2 failing validation twice) on a fresh fake;
     returns the attempt spans, the row spans and the run's span."""
+    label(receiver, rows)
+    spans = [span for _, span in receiver.spans()]
+    attempts = [span for span in spans if span.name == "chat m"]
+    row_spans = [span for span in spans if span.name == "label row"]
+    [run] = [span for span in spans if span.name == "batch run"]
+    return attempts, row_spans, run
+
+
+def label(receiver: OtlpReceiver, rows: Path) -> None:
     with FakeOllama(models=["m"]) as server:
         server.add_fault(Fault("busy", times=1))
         server.responder = fails_row_2
         argv = [*OPTIONS, "--max-attempts", "2", "--concurrency", "1"]  # in order: row 0 busy
         assert run_cli(rows, server.url, *argv) == 1
         receiver.traceparents = list(server.traceparents)  # type: ignore[attr-defined]
-    spans = [span for _, span in receiver.spans()]
-    attempts = [span for span in spans if span.name == "chat m"]
-    row_spans = [span for span in spans if span.name == "label row"]
-    [run] = [span for span in spans if span.name == "batch run"]
-    return attempts, row_spans, run
 
 
 def test_each_attempt_is_a_client_span_after_the_genai_conventions(
@@ -137,8 +141,9 @@ def test_no_prompt_or_output_in_any_span_unless_content_capture_is_asked_for(
     receiver: OtlpReceiver, rows: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     labelled(receiver, rows)
-    text = json.dumps([str(span) for _, span in receiver.spans()])
-    assert "row 1" not in text and '\\"label\\"' not in text
+    for _, span in receiver.spans():
+        values = [str(value) for value in attributes(span.attributes).values()]
+        assert not [v for v in values if "row " in v or "label" in v], values  # prompt, reply
     for _, span in receiver.spans():  # a failure's message quotes the reply: only its type
         assert span.status.message in ("", "validation", "http_503")
         assert not span.events
@@ -159,3 +164,20 @@ def test_each_vote_of_a_panel_names_its_trace(receiver: OtlpReceiver, rows: Path
     row_traces = {s.trace_id.hex() for _, s in receiver.spans() if s.name == "label row"}
     votes = [vote for line in read_jsonl(rows.with_name("in.out.jsonl")) for vote in line["votes"]]
     assert len(votes) == 8 and {vote["trace_id"] for vote in votes} == row_traces
+
+
+def test_metrics_keep_their_attributes_when_no_span_is_sampled(
+    receiver: OtlpReceiver, rows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    label(receiver, rows)
+    assert not list(receiver.spans())  # no span went out
+    durations = receiver.metric_points("gen_ai.client.operation.duration")
+    assert sum(p.count for p in durations) == summary_of(rows)["attempts"]
+    for point in durations:
+        seen = attributes(point.attributes)
+        assert seen["gen_ai.request.model"] == "m" and seen["server.address"] == "127.0.0.1"
+    errors = {attributes(p.attributes).get("error.type") for p in durations}
+    assert errors == {None, "http_503", "validation"}
+    usage = receiver.metric_points("gen_ai.client.token.usage")
+    assert all("error.type" not in attributes(p.attributes) for p in usage)

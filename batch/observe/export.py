@@ -86,8 +86,8 @@ class MetricsOut:
     def _write(self, path: Path) -> None:
         try:
             write_to_textfile(str(path), self._both())  # a temporary file, then a rename
-        except OSError as exc:
-            log.warning("cannot write metrics to %s: %s", path, exc.strerror or exc)
+        except Exception as exc:  # a full disk, a folder gone: the run goes on without them
+            log.warning("cannot write metrics to %s: %s", path, getattr(exc, "strerror", exc))
 
     def _push(self, gateway: str, registry: Collector) -> None:
         try:
@@ -98,8 +98,8 @@ class MetricsOut:
                 grouping_key=self._grouping,
                 timeout=PUSH_TIMEOUT_S,
             )
-        except OSError as exc:
-            log.warning("cannot push metrics to %s: %s", gateway, exc)
+        except Exception as exc:  # refused, not HTTP, a bad URL: the run goes on without them
+            log.warning("cannot push metrics to %s: %s: %s", gateway, type(exc).__name__, exc)
 
 
 class _WithSuccess(CollectorRegistry):

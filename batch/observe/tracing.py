@@ -98,19 +98,19 @@ class Tracing:
             span.set_attribute("gen_ai.input.messages", json.dumps(request.messages))
         return span
 
-    def replied(self, span: Span, completion: Completion, seconds: float) -> dict[str, Any]:
-        """Sets the reply's attributes; returns the metric attributes of the attempt."""
+    def replied(self, span: Span, completion: Completion, measured: dict[str, Any]) -> None:
+        """Sets the reply's attributes and records its tokens under `measured`."""
         span.set_attributes(reply_attributes(completion))
         if self.capture:
             output = [{"role": "assistant", "content": completion.content}]
             span.set_attribute("gen_ai.output.messages", json.dumps(output))
-        measured = metric_attributes(span, completion.model)
         for kind, count in (
             ("input", completion.usage.input_tokens),
             ("output", completion.usage.output_tokens),
         ):
-            self.tokens.record(count, {**measured, "gen_ai.token.type": kind})
-        return measured
+            # The conventions give token usage no error.type: a rejected reply's tokens count.
+            used = {k: v for k, v in measured.items() if k != "error.type"}
+            self.tokens.record(count, {**used, "gen_ai.token.type": kind})
 
     def failed(self, span: Span, error_type: str) -> None:
         span.set_attribute("error.type", error_type)
@@ -140,10 +140,11 @@ def request_attributes(request: ChatRequest) -> dict[str, Any]:
 
 def reply_attributes(completion: Completion) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "gen_ai.response.model": completion.model,
         "gen_ai.usage.input_tokens": completion.usage.input_tokens,
         "gen_ai.usage.output_tokens": completion.usage.output_tokens,
     }
+    if completion.model:  # a backend that does not say leaves it out (None is no attribute)
+        attributes["gen_ai.response.model"] = completion.model
     if completion.done_reason:
         attributes["gen_ai.response.finish_reasons"] = [completion.done_reason]
     return attributes
@@ -160,14 +161,21 @@ def server_attributes(host: str | None) -> dict[str, Any]:
     return attributes
 
 
-def metric_attributes(span: Span, response_model: str | None) -> dict[str, Any]:
-    """The attempt's attributes the conventions put on its metrics."""
-    names = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model")
-    names += ("server.address", "server.port", "error.type")  # type: ignore[assignment]
-    own: Any = getattr(span, "attributes", None) or {}
-    measured = {name: own[name] for name in names if name in own}
-    if response_model:
-        measured["gen_ai.response.model"] = response_model
+def metric_attributes(
+    request: ChatRequest, host: str | None, completion: Completion | None, error: str | None
+) -> dict[str, Any]:
+    """The attempt's attributes the conventions put on its metrics: from the request and the
+    reply, not read back from the span (an unsampled span keeps none)."""
+    measured: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.request.model": request.model,
+        **server_attributes(host),
+    }
+    if completion is not None and completion.model:
+        measured["gen_ai.response.model"] = completion.model
+    if error is not None:
+        measured["error.type"] = error
     return measured
 
 

@@ -105,15 +105,12 @@ class _Attempt:
         if tracing is None or span is None:
             return
         span.set_attributes(server_attributes(self._host))
-        measured: dict[str, Any] = {}
+        measured = metric_attributes(self._request, self._host, self._completion, self._error)
         if self._completion is not None:
-            measured = tracing.replied(span, self._completion, seconds or 0.0)
+            tracing.replied(span, self._completion, measured)
         if self._error is not None:
             tracing.failed(span, self._error)
-            measured["error.type"] = self._error
         if seconds is not None:
-            if not measured:
-                measured = metric_attributes(span, None)
             tracing.duration.record(seconds, measured)
         if self._token is not None:
             context.detach(self._token)

@@ -34,6 +34,7 @@ from batch.labelling.votes import (
 from batch.sink.records import encode_line, native_view
 
 VOTES = ("majority", "dawid-skene")
+Values = dict[FieldPath, dict[str, Any]]
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Revoted:
 def revote(path: Path, vote: str, target: Path | None = None) -> Revoted:
     """Re-votes `path` into `target` (default: in place). Raises OSError, ValueError for a
     line that is not JSON."""
-    posteriors = _posteriors(path) if vote == "dawid-skene" else {}
+    values: Values = {}  # each field's key -> the value a vote gave for it, over the output
+    posteriors = _posteriors(path, values) if vote == "dawid-skene" else {}
     members: dict[str, None] = {}
     for _, native in _panel_lines(path):
         members.update((str(v.get("model")), None) for v in native["votes"])
@@ -55,7 +57,7 @@ def revote(path: Path, vote: str, target: Path | None = None) -> Revoted:
     try:
         with path.open("rb") as source, scratch.open("wb") as out:
             for number, raw in enumerate(source):
-                out.write(_revoted(raw, posteriors.get(number), done))
+                out.write(_revoted(raw, posteriors.get(number), done, values))
             out.flush()
             os.fsync(out.fileno())
         os.replace(scratch, target or path)
@@ -84,7 +86,10 @@ def _native(raw: bytes) -> dict[str, Any] | None:
 
 
 def _revoted(
-    raw: bytes, posterior: dict[FieldPath, dict[str, float]] | None, done: Revoted
+    raw: bytes,
+    posterior: dict[FieldPath, dict[str, float]] | None,
+    done: Revoted,
+    values: Values,
 ) -> bytes:
     if not raw.strip():
         return raw
@@ -96,7 +101,7 @@ def _revoted(
     fields = fields_of(native.get("agreement"))
     ballot = Ballot.of(votes, fields)
     if posterior:
-        made = _by_posterior(ballot, posterior)
+        made = _by_posterior(ballot, posterior, values)
     else:
         made = majority_consensus(votes, fields, ballot)
     if made is None:
@@ -114,7 +119,7 @@ def _revoted(
 
 
 def _by_posterior(
-    ballot: Ballot, posterior: dict[FieldPath, dict[str, float]]
+    ballot: Ballot, posterior: dict[FieldPath, dict[str, float]], values: Values
 ) -> tuple[Consensus, dict[str, float]] | None:
     winners: dict[FieldPath, Winner] = {}
     confidence: dict[str, float] = {}
@@ -127,8 +132,8 @@ def _by_posterior(
         best = [k for k, p in probabilities.items() if p == top]
         key = next((k for k in keys if k in best), best[0])  # a tie: the earliest member's
         given = next((n for n, k in enumerate(keys) if k == key), None)
-        if given is None:
-            value = _value_of(key)
+        if given is None:  # no vote of this row gave it: the value another row's vote gave
+            value = values[path][key]
         else:
             value = value_at(ballot.votes[ballot.valid[given]]["output"], path)[1]
         winners[path] = (key, value)
@@ -137,16 +142,7 @@ def _by_posterior(
     return None if found is None else (found, confidence)
 
 
-def _value_of(key: str) -> Any:
-    """A value no vote of the row gave (the posterior favours it all the same): its key is
-    its JSON, or the string itself."""
-    try:
-        return json.loads(key)
-    except ValueError:
-        return key
-
-
-def _posteriors(path: Path) -> dict[int, dict[FieldPath, dict[str, float]]]:
+def _posteriors(path: Path, values: Values) -> dict[int, dict[FieldPath, dict[str, float]]]:
     """Each panel line's posterior per categorical field, Dawid-Skene fitted per field over
     every line (the members are the annotators)."""
     rows: dict[FieldPath, list[tuple[int, list[tuple[str, str]]]]] = {}
@@ -154,6 +150,9 @@ def _posteriors(path: Path) -> dict[int, dict[FieldPath, dict[str, float]]]:
         valid = [v for v in native["votes"] if is_valid(v)]
         for path_ in fields_of(native.get("agreement")):
             keys = field_keys(valid, path_)
+            for vote, key in zip(valid, keys, strict=True):
+                if key is not None:  # a key's value as given: "3" stays a string
+                    values.setdefault(path_, {}).setdefault(key, value_at(vote["output"], path_)[1])
             answers = [
                 (str(v.get("model")), k) for v, k in zip(valid, keys, strict=True) if k is not None
             ]

@@ -82,9 +82,12 @@ def _differences(earlier: dict[str, Any], now: dict[str, Any], keys: set[str]) -
             found.append(f"--{key}: was {_shown(was)}, now {_shown(new)}")
     order = ["--model", "--schema", "--template", "--system", "--option", "--think", "--host"]
     order.append("--panel")
-    return sorted(
-        found, key=lambda text: next(i for i, f in enumerate(order) if text.startswith(f))
-    )
+    return sorted(found, key=lambda text: _rank(text, order))
+
+
+def _rank(text: str, order: list[str]) -> int:
+    """Where a difference goes: the flags in `order`'s order, anything else last."""
+    return next((i for i, flag in enumerate(order) if text.startswith(flag)), len(order))
 
 
 def _option_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:

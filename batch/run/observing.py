@@ -59,7 +59,7 @@ class Observers:
         """Exports the metrics every `every_s` seconds until cancelled."""
         if self.metrics is None:
             return
-        while True:
+        while True:  # `export` turns every failure into a warning: this loop never ends a run
             await anyio.sleep(every_s)
             await anyio.to_thread.run_sync(self.metrics.export)
 
@@ -68,12 +68,21 @@ class Observers:
         if self._closed:
             return
         self._closed = True
+        try:
+            if self.metrics is not None:
+                metrics = self.metrics
+                await anyio.to_thread.run_sync(
+                    lambda: metrics.export(final=True, succeeded=succeeded)
+                )
+        finally:
+            self.close()
+            if self.tracing is not None:
+                await anyio.to_thread.run_sync(self.tracing.shutdown, status)
+
+    def close(self) -> None:
+        """Stops the live /metrics (also when the run could not start)."""
         if self.metrics is not None:
-            metrics = self.metrics
-            await anyio.to_thread.run_sync(lambda: metrics.export(final=True, succeeded=succeeded))
-            metrics.close()
-        if self.tracing is not None:
-            await anyio.to_thread.run_sync(self.tracing.shutdown, status)
+            self.metrics.close()
 
 
 def open_observers(config: JobConfig, stats: RunStats, hosts: Sequence[Host]) -> Observers:
@@ -85,8 +94,8 @@ def open_observers(config: JobConfig, stats: RunStats, hosts: Sequence[Host]) ->
 
     shard = config.shard_spec
     rows_left = RowsLeft(stats, config.input, shard.count if shard else 1)
+    tracing = _tracing() if tracing_on else None  # first: it may refuse, and nothing is open
     metrics_out = _metrics_out(config, stats, hosts, rows_left) if observe.metrics_wanted else None
-    tracing = _tracing() if tracing_on else None
     watch = Watch(metrics_out.metrics if metrics_out else None, tracing)
     return Observers(watch, metrics_out, tracing, rows_left)
 

@@ -126,7 +126,11 @@ async def _run_job(
     watch.warnings += sample_warnings(config)
     observers = open_observers(config, stats, pool.hosts)
     parts = (pool, watch, cache, opener, budget, observers, panel)
-    run = _assemble(config, stats, codec, done, schema, *parts)
+    try:
+        run = _assemble(config, stats, codec, done, schema, *parts)
+    except BaseException:
+        observers.close()  # a live /metrics must not outlive a run that never started
+        raise
     _log_start(config, pool)
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
@@ -145,8 +149,12 @@ async def _run_job(
         if run.fatal is not None:
             run.fatal = _explained(config, run, run.fatal)
             await anyio.to_thread.run_sync(drop_if_empty, config.output_path)
-        summary = await _summarize(config, stats, codec, schema, pool, watch, run)
-        unwritten = await _write_summary(config.summary_path, summary)
+        try:
+            summary = await _summarize(config, stats, codec, schema, pool, watch, run)
+            unwritten = await _write_summary(config.summary_path, summary)
+        except BaseException:
+            await observers.finish(succeeded=False, status="fatal")
+            raise
         # Exit 0 (the CLI's rule): the last success a metrics exporter may stamp.
         succeeded = summary.complete and not summary.rows.error and unwritten is None
         await observers.finish(succeeded=succeeded, status=_status(summary, run))

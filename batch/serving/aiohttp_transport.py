@@ -60,6 +60,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
+        body = _body(request)  # first: a streamed upload drops its Transfer-Encoding header
         headers = request.headers.multi_items()
         if self._proxy_headers and request.url.scheme == "http":
             # Forwarded as it is, the request itself carries them (aiohttp puts its proxy
@@ -70,7 +71,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method,
                 str(request.url),
                 headers=headers,
-                data=_body(request),
+                data=body,
                 allow_redirects=False,  # the httpx client follows them itself
                 timeout=self._timeout(request.extensions.get("timeout", {})),
                 proxy=self._proxy,

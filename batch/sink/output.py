@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import os
+import stat
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,10 @@ def drop_if_empty(path: Path) -> None:
     """Removes an output that holds no line: a run that failed before its first row leaves
     nothing a rerun would take for an earlier run's work."""
     try:
-        if path.stat().st_size == 0:
+        found = path.stat()
+        if stat.S_ISREG(found.st_mode) and found.st_size == 0:  # never /dev/null or a FIFO
             path.unlink()
-    except FileNotFoundError:
+    except OSError:  # gone, or not ours to remove: the run's own error is what to say
         pass
 
 
