@@ -8,7 +8,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -17,8 +16,8 @@ from batch.core.errors import ConfigError
 from batch.core.events import NO_EVENTS, RunEvents
 from batch.core.stats import RunStats
 from batch.run.config import JobConfig
+from batch.run.progress import InputSize
 from batch.serving.hosts import Host
-from batch.source.reader import count_lines
 
 if TYPE_CHECKING:
     from batch.observe.export import MetricsOut
@@ -31,20 +30,14 @@ EXPORT_EVERY_S = 10.0  # between metrics exports while the run lasts
 
 @dataclass
 class RowsLeft:
-    """The rows this run has still to do: the input's lines (this shard's share) less the rows
-    done, once the lines are counted (in a thread, as the progress display does)."""
+    """The rows this run has still to do: its input's size less the rows done."""
 
     stats: RunStats
-    path: Path
-    shards: int = 1
-    total: int | None = None
-
-    async def count(self) -> None:
-        lines = await anyio.to_thread.run_sync(count_lines, self.path, abandon_on_cancel=True)
-        self.total = -(-lines // self.shards)
+    size: InputSize
 
     def __call__(self) -> int | None:
-        return None if self.total is None else max(self.total - self.stats.done, 0)
+        total = self.size.rows
+        return None if total is None else max(total - self.stats.done, 0)
 
 
 @dataclass
@@ -85,15 +78,16 @@ class Observers:
             self.metrics.close()
 
 
-def open_observers(config: JobConfig, stats: RunStats, hosts: Sequence[Host]) -> Observers:
+def open_observers(
+    config: JobConfig, stats: RunStats, hosts: Sequence[Host], size: InputSize
+) -> Observers:
     observe = config.observe
     tracing_on = tracing_wanted(observe.otel)
     if not observe.metrics_wanted and not tracing_on:
         return Observers()
     from batch.observe.watch import Watch
 
-    shard = config.shard_spec
-    rows_left = RowsLeft(stats, config.input, shard.count if shard else 1)
+    rows_left = RowsLeft(stats, size)
     tracing = _tracing() if tracing_on else None  # first: it may refuse, and nothing is open
     metrics_out = _metrics_out(config, stats, hosts, rows_left) if observe.metrics_wanted else None
     watch = Watch(metrics_out.metrics if metrics_out else None, tracing)

@@ -48,7 +48,7 @@ from batch.run.panel_run import (
     sample_warnings,
 )
 from batch.run.plan import make_plan
-from batch.run.progress import show_progress
+from batch.run.progress import InputSize, show_progress
 from batch.run.summary import RunSummary, build_summary, write_summary
 from batch.run.wiring import open_answer_cache, open_label_watch, open_pool, reply_salt, written_by
 from batch.serving.pool import HostPool
@@ -124,8 +124,9 @@ async def _run_job(
     pool = open_pool(config, backends, meter=budget)
     watch = await open_label_watch(config)
     watch.warnings += sample_warnings(config)
-    observers = open_observers(config, stats, pool.hosts)
-    parts = (pool, watch, cache, opener, budget, observers, panel)
+    size = InputSize(config.input, config.shard_spec.count if config.shard_spec else 1)
+    observers = open_observers(config, stats, pool.hosts, size)
+    parts = (pool, watch, cache, opener, budget, observers, size, panel)
     try:
         run = _assemble(config, stats, codec, done, schema, *parts)
     except BaseException:
@@ -135,7 +136,7 @@ async def _run_job(
     if config.sharding.shard is not None:
         log.info("shard %s: only the rows whose id hashes to it", config.sharding.shard)
     try:
-        progress = _progress(config, stats, pool) if show else None
+        progress = _progress(config, stats, pool, run.size) if show else None
         await run.execute(handle_signals=handle_signals, progress=progress)
         if done_before:
             await _finish_rerun(config, codec, done, done_before, run, stats)
@@ -226,6 +227,7 @@ def _assemble(
     opener: Opener,
     budget: Budget,
     observers: Observers,
+    size: InputSize,
     panel: PanelResume | None = None,
 ) -> _Run:
     """The source, the labellers and the sink of `config`'s run, sharing one reorder window."""
@@ -260,14 +262,14 @@ def _assemble(
         window=window,
         budget=budget,
         observers=observers,
+        size=size,
     )
 
 
-def _progress(config: JobConfig, stats: RunStats, pool: HostPool) -> Progress:
-    shards = config.shard_spec.count if config.shard_spec else 1
+def _progress(config: JobConfig, stats: RunStats, pool: HostPool, size: InputSize) -> Progress:
     lines = config.observe.log_format == "json"  # a bar is not a JSON line
     every = config.display.log_every
-    return partial(show_progress, stats, config.input, every, pool.hosts, shards, lines)
+    return partial(show_progress, stats, size, every, pool.hosts, lines)
 
 
 def _explained(config: JobConfig, run: _Run, fatal: BatchError) -> BatchError:
@@ -357,6 +359,7 @@ class _Run:
     sink: ResultSink
     slots: int
     grace_period: float
+    size: InputSize  # counted while the run lasts, when something shows it
     window: ReorderWindow[Item] | None = None
     stopping: anyio.Event = field(default_factory=anyio.Event)
     work: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -432,8 +435,8 @@ class _Run:
                     tg.start_soon(self._at_deadline, seconds)
                 if progress is not None:
                     tg.start_soon(self._show, progress)
-                if (left := self.observers.rows_left) is not None:
-                    tg.start_soon(left.count)
+                if progress is not None or self.observers.rows_left is not None:
+                    tg.start_soon(self.size.count)  # once, for both
                 tg.start_soon(self.observers.every_while, EXPORT_EVERY_S)
 
     async def _show(self, progress: Progress) -> None:

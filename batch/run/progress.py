@@ -9,6 +9,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +31,34 @@ from batch.source.reader import count_lines
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class InputSize:
+    """The rows a run may meet: its input's lines, or a shard's share of them (about: the hash
+    spreads rows evenly). Counted once, in a thread, for the progress display and the metrics;
+    None until then."""
+
+    path: Path
+    shards: int = 1
+    rows: int | None = None
+
+    async def count(self) -> None:
+        lines = await anyio.to_thread.run_sync(count_lines, self.path, abandon_on_cancel=True)
+        self.rows = -(-lines // self.shards)
+
+
 async def show_progress(
     stats: RunStats,
-    input_path: Path,
+    size: InputSize,
     log_every: float,
     hosts: Sequence[Host] = (),
-    shards: int = 1,
     lines: bool = False,
 ) -> None:
-    """A bar on a terminal, else (or with `lines`: JSON logs) a line every `log_every` s."""
-    total: int | None = None
-
-    async def count() -> None:
-        nonlocal total
-        lines = await anyio.to_thread.run_sync(count_lines, input_path, abandon_on_cancel=True)
-        total = -(-lines // shards)  # a shard's share, about: the hash spreads rows evenly
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(count)
-        if sys.stderr.isatty() and not lines:
-            await _bar(stats, lambda: total, hosts)
-        else:
-            await _log_lines(stats, lambda: total, log_every, hosts)
+    """A bar on a terminal, else (or with `lines`: JSON logs) a line every `log_every` s;
+    the total is `size`'s once the run has counted it."""
+    if sys.stderr.isatty() and not lines:
+        await _bar(stats, lambda: size.rows, hosts)
+    else:
+        await _log_lines(stats, lambda: size.rows, log_every, hosts)
 
 
 def _hosts_up(hosts: Sequence[Host]) -> str:
