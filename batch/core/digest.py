@@ -23,6 +23,13 @@ from batch.core.images import ImageRef, load_image
 DIGEST_HEX = 16  # 64 bits in the file; the id table keeps 32 of them
 
 
+def json_digest(value: Any) -> str:
+    """16 hex digits of sha256 over `value` as canonical JSON (keys sorted, no spaces): the
+    settings stamp of an output (`config`) and the schema's digest in the summary."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:DIGEST_HEX]
+
+
 def input_digest(raw: bytes, images: Sequence[bytes] = ()) -> str:
     """The digest of an input line (its line end left out) and its images' digests."""
     digest = hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=8)

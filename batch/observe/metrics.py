@@ -25,12 +25,10 @@ from prometheus_client.registry import Collector
 
 from batch.core.chat import Completion
 from batch.core.stats import RunStats
+from batch.observe import DURATION_BUCKETS
 from batch.serving.hosts import Host
 from batch.serving.limits import server_wait
 
-# OpenTelemetry's GenAI buckets for an operation's duration: a reply takes 10 ms to minutes.
-DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48]
-DURATION_BUCKETS += [40.96, 81.92]
 LAST_SUCCESS = "batch_last_success_timestamp_seconds"
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside every counter: noise for a batch job

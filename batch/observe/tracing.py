@@ -28,9 +28,8 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from batch.core.chat import ChatRequest, Completion
 from batch.core.errors import ConfigError
+from batch.observe import DURATION_BUCKETS
 
-DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48]
-DURATION_BUCKETS += [40.96, 81.92]
 TOKEN_BUCKETS = [4**n for n in range(14)]  # 1, 4, 16, ... 67108864
 CAPTURE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 PROVIDER = "ollama"

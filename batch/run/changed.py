@@ -7,11 +7,11 @@ with the most the earlier run left, and names the two ways on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from batch.core.digest import json_digest
 from batch.core.errors import ConfigError, SettingsChanged
 from batch.core.schema import OutputSchema, load_schema
 from batch.run.config import JobConfig
@@ -22,7 +22,7 @@ TEXT_SHOWN = 40  # characters of a prompt text the message shows
 
 def recorded_settings(config: JobConfig, schema: OutputSchema | None) -> dict[str, Any]:
     """The summary's `settings`: what the run's stamp stands for, the schema as a digest."""
-    return {**config.shaping(), "schema": _digest(schema.json_schema) if schema else None}
+    return {**config.shaping(), "schema": json_digest(schema.json_schema) if schema else None}
 
 
 def refusal(config: JobConfig, found: SettingsChanged) -> ConfigError:
@@ -116,8 +116,3 @@ def _backend(kind: Any) -> str:
         "ollama": "an Ollama server",
         "embedded+ollama": "embedded and Ollama servers",
     }.get(str(kind), str(kind))
-
-
-def _digest(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

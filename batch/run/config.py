@@ -4,7 +4,6 @@ groups are declared in settings.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tomllib
@@ -15,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from batch.core.digest import json_digest
 from batch.core.errors import ConfigError
 from batch.core.schema import OutputSchema
 from batch.run.flags import Setting
@@ -156,8 +156,7 @@ class JobConfig(BaseModel):
             del shaping["think"]
         if shaping.pop("backend") != "ollama":  # likewise: outputs made on Ollama keep theirs
             shaping["backend"] = self.backend
-        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return json_digest(shaping)
 
     def shaping(self) -> dict[str, Any]:
         """The settings that shape a label, but the schema: the summary records them, so that a
