@@ -75,6 +75,17 @@ def assert_strict_json(raw: bytes, where: str) -> Any:
 
 
 @pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ollama host or key, no proxy from the machine running the tests: each test that
+    reaches a server sets what it means to test."""
+    for name in ("OLLAMA_API_KEY", "OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+
+@pytest.fixture
 def fake_ollama() -> Iterator[FakeOllama]:
     """A fresh fake Ollama server per test, serving `fake-model` from a background thread."""
     with FakeOllama() as fake:
@@ -139,3 +150,19 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def send_reply(
+    handler: BaseHTTPRequestHandler,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A 200 reply with `body`, for the hand-written servers of the tests (`serving`)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.conftest import serving
+from tests.conftest import send_reply, serving
 
 
 class OtlpReceiver:
@@ -45,11 +45,7 @@ class OtlpReceiver:
                     self.send_error(404)
                     return
                 payload = reply.SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_reply(self, payload, "application/x-protobuf")
 
             def log_message(self, *_: Any) -> None:
                 return None

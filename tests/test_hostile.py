@@ -18,7 +18,7 @@ from batch.cli import main
 from batch.core.chat import ChatRequest, Completion
 from batch.core.jsontext import MAX_DEPTH, MAX_REPLY_CHARS
 from batch.testing import FakeOllama, FunctionBackend, TestBackend, completion
-from tests.conftest import FAST_RETRIES, read_jsonl, run_cli, serving, write_rows
+from tests.conftest import FAST_RETRIES, read_jsonl, run_cli, send_reply, serving, write_rows
 
 SCHEMA = {
     "type": "object",
@@ -214,11 +214,7 @@ class _RawChat(BaseHTTPRequestHandler):
             content = b"\xff\xfe" if request["messages"][-1]["content"] == "row 1" else b"{}"
             reply = b'{"model":"m","message":{"role":"assistant","content":"%s"},"done":true}'
             body = reply % content.replace(b'"', b'\\"')
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_reply(self, body, "application/json")
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -23,16 +23,7 @@ SCHEMA = {
 }
 TOKEN = "tok-3f9a1c7e5b"
 # Everything here reaches the server through the transport: run it on each (BATCH_HTTP).
-pytestmark = pytest.mark.usefixtures("http_stack")
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_API_KEY", "OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+pytestmark = pytest.mark.usefixtures("http_stack", "clean_environment")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from batch.core.jsontext import MAX_REPLY_CHARS
 from batch.serving.http_client import AccessSettings, connect, skip_empty_cookie_work
 from batch.testing import FakeOllama, Fault
-from tests.conftest import output_by_id, run_cli, serving, summary_of, write_rows
+from tests.conftest import output_by_id, run_cli, send_reply, serving, summary_of, write_rows
 
 ON_EACH_STACK = pytest.mark.usefixtures("http_stack")
 SCHEMA = {
@@ -30,13 +30,7 @@ SCHEMA = {
 USER = [{"role": "user", "content": "row 1"}]
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_API_KEY", "OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture
@@ -132,12 +126,7 @@ class _Gzipping(BaseHTTPRequestHandler):
             message = {"role": "assistant", "content": '{"label": "pos"}'}
             reply = {"model": "m", "message": message, "done": True, "eval_count": 3}
         body = gzip.compress(json.dumps(reply).encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_reply(self, body, "application/json", {"Content-Encoding": "gzip"})
 
     def log_message(self, *args: Any) -> None:
         pass
