@@ -9,6 +9,7 @@ gateway's value alone; carried over from the earlier textfile, which is rewritte
 
 from __future__ import annotations
 
+import http.client
 import logging
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,11 @@ class MetricsOut:
         try:
             write_to_textfile(str(path), self._both())  # a temporary file, then a rename
         except Exception as exc:  # a full disk, a folder gone: the run goes on without them
-            log.warning("cannot write metrics to %s: %s", path, getattr(exc, "strerror", exc))
+            log.warning(
+                "cannot write metrics to %s (--metrics-textfile): %s; the run goes on",
+                path,
+                _reason(exc),
+            )
 
     def _push(self, gateway: str, registry: Collector) -> None:
         try:
@@ -99,7 +104,21 @@ class MetricsOut:
                 timeout=PUSH_TIMEOUT_S,
             )
         except Exception as exc:  # refused, not HTTP, a bad URL: the run goes on without them
-            log.warning("cannot push metrics to %s: %s: %s", gateway, type(exc).__name__, exc)
+            log.warning(
+                "cannot push metrics to %s (--pushgateway): %s; the run goes on",
+                gateway,
+                _reason(exc),
+            )
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in words: an OS error's text, a URL error's reason, else the message
+    (a reply that is no HTTP is named as such)."""
+    found = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    reason = " ".join(str(found).split())  # one log line, whatever the other end sent
+    if isinstance(exc, http.client.HTTPException):
+        return f"it did not answer as an HTTP server ({reason})"
+    return reason
 
 
 class _WithSuccess(CollectorRegistry):
